@@ -1,0 +1,26 @@
+# SPDX-License-Identifier: GPL-2.0
+# The project's commands. See README.md.
+
+VIOMMU ?=
+SUITE ?=
+CONFIG ?=
+
+.PHONY: demo test series kunit selftest prepare
+
+demo:
+	@bash harness/demo.sh $(VIOMMU)
+
+test:
+	@bash harness/test.sh
+
+prepare:
+	@bash harness/prepare.sh
+
+series: prepare
+	@bash harness/series.sh
+
+kunit: prepare
+	@bash harness/kunit.sh $(if $(SUITE),-f '$(SUITE)') $(VIOMMU)
+
+selftest: prepare
+	@bash harness/selftests.sh $(CONFIG)

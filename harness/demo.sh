@@ -1,0 +1,44 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# make demo: builds everything, boots the guest behind a vIOMMU with an
+# NVMe disk, runs the series' KUnit suites and kselftests in it and prints
+# a short report.
+# Usage: demo.sh [vtd|virtio|swiotlb]
+. "$(dirname "$0")/lib.sh"
+
+mode=${1:-vtd}
+case $mode in
+vtd) viommu=vtd args="iommu.strict=1 RUST_DMA_IOMMU=dmar RUST_DMA_DOMAIN=DMA" ;;
+virtio) viommu=virtio args="iommu.strict=0 RUST_DMA_IOMMU=virtio RUST_DMA_DOMAIN=DMA-FQ" ;;
+swiotlb) viommu=none args="swiotlb=force RUST_DMA_IOMMU=none RUST_DMA_SWIOTLB=force" ;;
+*) die "unknown demo configuration '$mode' (vtd, virtio or swiotlb)" ;;
+esac
+
+bash "$REPO/harness/prepare.sh"
+bash "$REPO/harness/initramfs.sh"
+logfile=$OUT/demo-$mode.log
+log "Booting q35 + $viommu vIOMMU + NVMe disk ($args)"
+# shellcheck disable=SC2086 # kernel arguments are split on purpose
+bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args \
+	kunit.enable=1 'kunit.filter_glob=rust_dma*' RFL_DEMO=1 || true
+tr -d '\r' < "$logfile" > "$logfile.txt" && mv "$logfile.txt" "$logfile"
+
+grep -q '^RFL-GUEST-DONE' "$logfile" || die "the guest did not finish; see $logfile"
+cat <<REPORT
+
+==================== Rust DMA series demo ($mode) ====================
+Kernel:  $(grep -m 1 -o 'Linux version [^ ]*' "$logfile"), base $(cat "$PRISTINE/.rfl-base-version") + $(git -C "$SRC" rev-list --count refs/tags/base..HEAD) series patches:
+$(git -C "$SRC" log --reverse --format='           %s' refs/tags/base..HEAD)
+Machine: $(viommu_qemu_args "$viommu") $TEST_DEVICE_ARGS, NVMe disk
+IOMMU:
+$(grep -E 'DMAR: (IOMMU enabled|Intel\(R\) Virtualization)|iommu: Default domain type|virtio_iommu|software IO TLB: mapped' "$logfile" | sed 's/^\[[ 0-9.]*\] /  /')
+PCI devices (bdf vendor:device class, IOMMU group and its domain type):
+$(sed -n '/^RFL-DEMO-BEGIN/,/^RFL-DEMO-END/p' "$logfile" | sed '1d;$d;s/^/  /')
+
+KUnit suites of the series, run at boot:
+$(python3 "$SRC/tools/testing/kunit/kunit.py" parse "$logfile" 2>&1 | sed 's/^\[[0-9:]*\] //;s/^/  /' | grep -vE '^\s*$')
+
+kselftests:
+$(sed -n '/^RFL-KSELFTEST-BEGIN/,/^RFL-KSELFTEST-END/p' "$logfile" | grep -E '^(not )?ok |^RFL-KSELFTEST-END' | sed 's/^/  /')
+Console log: $logfile
+REPORT

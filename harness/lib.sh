@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: GPL-2.0
+# Common settings of the harness, sourced by every script in harness/.
+
+set -euo pipefail
+
+REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+RFL_CACHE=${RFL_CACHE:-$HOME/.cache/rfl-dma}
+DOWNLOADS=$RFL_CACHE/downloads
+PRISTINE=$RFL_CACHE/linux-pristine
+SRC=$RFL_CACHE/linux
+OBJ=$RFL_CACHE/obj
+TOOLS=$RFL_CACHE/tools
+OUT=$REPO/build
+
+BASE_PACKAGE=linux-source-7.3
+BASE_VERSION=7.3.4-1~bpo13+1
+BASE_SHA256=703e369ddd4cce971452f5a593ee55df3a5c10c83caf0fa0df039633ed181ee3
+BINDGEN_VERSION=0.73.2
+LLVM_VERSION=22
+
+export PATH=/usr/lib/llvm-$LLVM_VERSION/bin:$TOOLS/bin:$PATH
+export LIBCLANG_PATH=/usr/lib/llvm-$LLVM_VERSION/lib
+
+# Every kernel make goes through these, so rustup's toolchains (no
+# rust-src) are never picked up.
+KMAKE_VARS=(
+	LLVM=1
+	RUSTC=/usr/bin/rustc
+	RUSTDOC=/usr/bin/rustdoc
+	RUSTFMT=/usr/bin/rustfmt
+	CLIPPY_DRIVER=/usr/bin/clippy-driver
+	BINDGEN="$TOOLS/bin/bindgen"
+)
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+warn() { printf '\033[1;33mWARNING: %s\033[0m\n' "$*" >&2; }
+die() { printf '\033[1;31mERROR: %s\033[0m\n' "$*" >&2; exit 1; }
+
+kmake() {
+	make -C "$SRC" O="$OBJ" ARCH=x86_64 "${KMAKE_VARS[@]}" -j"$(nproc)" "$@"
+}
+
+# Masks /dev/kvm when it exists but cannot work (no vmx/svm), so QEMU
+# falls back to TCG instead of hanging.
+run_qemu_env() {
+	if [ -e /dev/kvm ] && ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+		unshare -m sh -c 'mount --bind /dev/null /dev/kvm && exec "$0" "$@"' "$@"
+	else
+		"$@"
+	fi
+}
+
+KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config)
+
+# kunit.py with the committed config fragments and the toolchain above.
+kunit_py() {
+	local cmd=$1 opts=() frag var
+	shift
+	for frag in "${KUNITCONFIGS[@]}"; do
+		opts+=(--kunitconfig="$SRC/$frag")
+	done
+	for var in "${KMAKE_VARS[@]}"; do
+		opts+=(--make_options="$var")
+	done
+	run_qemu_env python3 "$SRC/tools/testing/kunit/kunit.py" "$cmd" --arch=x86_64 \
+		--build_dir="$OBJ" --jobs="$(nproc)" "${opts[@]}" "$@"
+}
+
+# Test results, one line each: PASS|FAIL|SKIP <tab> name <tab> detail.
+RESULTS=$OUT/results.tsv
+record() {
+	mkdir -p "$OUT"
+	printf '%s\t%s\t%s\n' "$1" "$2" "${3:-}" >> "$RESULTS"
+	[ "$1" != FAIL ] || printf '\033[1;31mFAIL\033[0m %s: %s\n' "$2" "${3:-}" >&2
+}
+
+# QEMU's DMA test device: the edu device's DMA engine, with a full DMA mask.
+TEST_DEVICE_ARGS="-device edu,dma_mask=0xffffffffffffffff"
+
+# QEMU machine arguments for each vIOMMU (vtd, virtio or none).
+viommu_qemu_args() {
+	case $1 in
+	vtd) echo "-M q35,kernel-irqchip=split -device intel-iommu,intremap=on" ;;
+	virtio) echo "-M q35 -device virtio-iommu-pci" ;;
+	none) echo "-M q35" ;;
+	*) die "unknown vIOMMU '$1'" ;;
+	esac
+}
+
+viommu_kernel_args() {
+	case $1 in
+	vtd) echo "intel_iommu=on" ;;
+	*) echo "" ;;
+	esac
+}

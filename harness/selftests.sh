@@ -1,0 +1,80 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Runs the kselftests in one QEMU boot per machine configuration of
+# harness/matrix (default: all) and records every KTAP test case, plus one
+# check each that the boot completed, that the kernel log is clean and
+# that no page pin leaked.
+# Usage: selftests.sh [CONFIG...]
+. "$(dirname "$0")/lib.sh"
+
+# Kernel log lines that fail a boot.
+BAD_LOG='WARNING: |------------\[ cut here \]|BUG: |Oops|Kernel panic|KASAN|UBSAN|Call Trace:|DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|fault from EP|DMA-API: .*disabling'
+
+bash "$REPO/harness/initramfs.sh"
+status=0
+while read -r name viommu args; do
+	case $name in "#"*|"") continue ;; esac
+	[ $# -eq 0 ] || [[ " $* " == *" $name "* ]] || continue
+	log "kselftests on $name ($viommu vIOMMU, $args)"
+	logfile=$OUT/selftest-$name.log
+	rm -f "$logfile"
+	start=$SECONDS
+	# shellcheck disable=SC2086 # kernel arguments are split on purpose
+	if bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args; then
+		rc=0
+	else
+		rc=$?
+	fi
+	tr -d '\r' < "$logfile" > "$logfile.txt"
+	mv "$logfile.txt" "$logfile"
+
+	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+		record FAIL "selftest/$name/boot" "guest hung: killed after ${BOOT_TIMEOUT:-300} s (see $logfile)"
+	elif ! grep -q '^RFL-GUEST-DONE' "$logfile"; then
+		record FAIL "selftest/$name/boot" "guest did not finish (qemu rc=$rc, see $logfile)"
+	else
+		record PASS "selftest/$name/boot" "$((SECONDS - start)) s"
+	fi
+
+	if bad=$(grep -m 3 -E "$BAD_LOG" "$logfile"); then
+		record FAIL "selftest/$name/kernel_log" "$(tr '\n' ' ' <<<"$bad")"
+	else
+		record PASS "selftest/$name/kernel_log"
+	fi
+
+	pins=$(sed -n 's/^RFL-VMSTAT //p' "$logfile")
+	read -r _ acquired _ released <<<"$pins"
+	if [ -z "$pins" ]; then
+		record FAIL "selftest/$name/pins" "no pin counters reported"
+	elif [ "$acquired" != "$released" ]; then
+		record FAIL "selftest/$name/pins" "page pins leaked: $pins"
+	else
+		record PASS "selftest/$name/pins" "$pins"
+	fi
+
+	# Top-level KTAP results of each kselftest, between the init's markers.
+	awk -v cfg="$name" '
+		/^RFL-KSELFTEST-BEGIN / { test = $2; n = 0; next }
+		/^RFL-KSELFTEST-END / {
+			rc = substr($3, 4)
+			if (n == 0 || (rc != 0 && rc != 4 && fails == 0))
+				printf "FAIL\tselftest/%s/%s\texit code %s\n", cfg, $2, rc
+			test = ""; fails = 0; next
+		}
+		test != "" && /^(not )?ok [0-9]+ / {
+			n++
+			desc = $0
+			sub(/^(not )?ok [0-9]+ /, "", desc)
+			split(desc, words, " ")
+			st = /^not ok/ ? "FAIL" : (desc ~ /# *SKIP/ ? "SKIP" : "PASS")
+			if (st == "FAIL") fails++
+			printf "%s\tselftest/%s/%s/%s\t%s\n", st, cfg, test, words[1], desc
+		}
+		test != "" && /^1\.\.0 # SKIP/ {
+			n++
+			printf "SKIP\tselftest/%s/%s\t%s\n", cfg, test, $0
+		}' "$logfile" >> "$RESULTS"
+done < "$REPO/harness/matrix"
+
+grep -P '^FAIL\tselftest/' "$RESULTS" >&2 && status=1
+exit $status

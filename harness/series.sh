@@ -1,0 +1,64 @@
+#!/bin/bash
+# SPDX-License-Identifier: GPL-2.0
+# Exports the working tree's history as the patch series (git format-patch
+# plus a cover letter) into build/series, checks that it applies with
+# git am to the pristine base and gives the same tree, and runs
+# checkpatch.pl --strict on every patch. With BUILD_EACH=1, also builds
+# the kernel after each patch.
+. "$(dirname "$0")/lib.sh"
+
+series_out=$OUT/series
+amdir=$RFL_CACHE/am-check
+rm -rf "$series_out"
+mkdir -p "$series_out"
+
+git -C "$SRC" config branch.series.description "$(cat "$REPO/series/cover-letter")"
+git -C "$SRC" format-patch -q --cover-letter --cover-from-description=subject \
+	--base=refs/tags/base -o "$series_out" refs/tags/base..HEAD
+log "Exported $(ls "$series_out" | wc -l) files to $series_out"
+
+if [ ! -d "$amdir" ]; then
+	git -C "$SRC" worktree prune
+	git -C "$SRC" worktree add -q --detach "$amdir" refs/tags/base
+fi
+git -C "$amdir" am --abort 2>/dev/null || true
+git -C "$amdir" reset -q --hard refs/tags/base
+
+patches=$(ls "$series_out"/*.patch | grep -v '/0000-')
+applied=yes
+for patch in $patches; do
+	if ! git -C "$amdir" am -q --whitespace=error "$patch" > "$OUT/git-am.log" 2>&1; then
+		record FAIL "series/git_am" "$(basename "$patch") does not apply to the base: $(head -n 1 "$OUT/git-am.log")"
+		git -C "$amdir" am --abort
+		applied=
+		break
+	fi
+	if [ "${BUILD_EACH:-0}" = 1 ]; then
+		log "Building after $(basename "$patch")"
+		mkdir -p "$RFL_CACHE/obj-each"
+		cp "$OBJ/.config" "$RFL_CACHE/obj-each/.config"
+		if make -C "$amdir" O="$RFL_CACHE/obj-each" ARCH=x86_64 "${KMAKE_VARS[@]}" \
+			-j"$(nproc)" olddefconfig all > "$OUT/build-each.log" 2>&1; then
+			record PASS "series/build/$(basename "$patch")"
+		else
+			record FAIL "series/build/$(basename "$patch")" "$(grep -m 1 -E 'error|Error' "$OUT/build-each.log")"
+		fi
+	fi
+done
+if [ -n "$applied" ]; then
+	if [ "$(git -C "$amdir" rev-parse 'HEAD^{tree}')" = "$(git -C "$SRC" rev-parse 'HEAD^{tree}')" ]; then
+		record PASS series/git_am
+	else
+		record FAIL series/git_am "git am of the export gives another tree than the assembly"
+	fi
+fi
+
+for patch in $patches; do
+	name=$(basename "$patch")
+	if out=$(cd "$SRC" && scripts/checkpatch.pl --strict --quiet --no-summary "$patch" 2>&1) && [ -z "$out" ]; then
+		record PASS "checkpatch/$name"
+	else
+		printf '%s\n' "$out" > "$OUT/checkpatch-$name.log"
+		record FAIL "checkpatch/$name" "$(grep -m 1 -E '^(ERROR|WARNING|CHECK)' <<<"$out")"
+	fi
+done
