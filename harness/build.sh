@@ -11,4 +11,4 @@ if ! out=$(kmake -s rustavailable 2>&1); then
 fi
 
 log "Building the kernel in $OBJ"
-kunit_py build
+kunit_py build --jobs="$(nproc)"

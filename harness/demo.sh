@@ -39,6 +39,6 @@ KUnit suites of the series, run at boot:
 $(python3 "$SRC/tools/testing/kunit/kunit.py" parse "$logfile" 2>&1 | sed 's/^\[[0-9:]*\] //;s/^/  /' | grep -vE '^\s*$')
 
 kselftests:
-$(sed -n '/^RFL-KSELFTEST-BEGIN/,/^RFL-KSELFTEST-END/p' "$logfile" | grep -E '^(not )?ok |^RFL-KSELFTEST-END' | sed 's/^/  /')
+$(sed -n '/^RFL-KSELFTEST-BEGIN/,/^RFL-KSELFTEST-END/p' "$logfile" | grep -E '^(not )?ok |^# Totals' | sed 's/^/  /')
 Console log: $logfile
 REPORT

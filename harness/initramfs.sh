@@ -8,17 +8,18 @@ stage=$OUT/initramfs
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,dev,proc,sys,tmp,kselftest}
 cp /bin/busybox "$stage/bin/busybox"
-cp "$REPO/harness/guest-init" "$stage/init"
+install -m 755 "$REPO/harness/guest-init" "$stage/init"
 
 make -s -C "$SRC/tools/testing/selftests" O="$OBJ/kselftest" LLVM=1 \
 	TARGETS=rust_dma INSTALL_PATH="$stage/kselftest" install >/dev/null
 kmake -s INSTALL_MOD_PATH="$stage" INSTALL_MOD_STRIP=1 modules_install >/dev/null
 
 # Dynamically linked test programs get the host's libraries.
-find "$stage/kselftest" -type f -perm -u+x -exec ldd {} + 2>/dev/null |
-	grep -o '/[^ ]*\.so[^ ]*' | sort -u | while read -r lib; do
-		mkdir -p "$stage$(dirname "$lib")"
-		cp -L "$lib" "$stage$lib"
-	done
+libs=$(find "$stage/kselftest" -type f -perm -u+x -exec ldd {} + 2>/dev/null |
+	grep -o '/[^ ]*\.so[^ ]*' | sort -u || true)
+for lib in $libs; do
+	mkdir -p "$stage$(dirname "$lib")"
+	cp -L "$lib" "$stage$lib"
+done
 
 (cd "$stage" && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio"

@@ -23,6 +23,8 @@ for viommu in "$@"; do
 		--qemu_args="$(viommu_qemu_args "$viommu") $TEST_DEVICE_ARGS" \
 		--kernel_args="$(viommu_kernel_args "$viommu")" ${filter:+"$filter"} \
 		2>&1 | tee "$logfile" || status=1
+	cp "$OBJ/test.log" "$OUT/kunit-$viommu.console.log"
+	check_kernel_log "kunit/$viommu/kernel_log" "$OUT/kunit-$viommu.console.log"
 	if [ ! -s "$json" ] || ! python3 "$REPO/harness/kunit_results.py" "kunit/$viommu" "$json" >> "$RESULTS"; then
 		record FAIL "kunit/$viommu" "kunit.py produced no results (see $logfile)"
 		status=1

@@ -18,7 +18,8 @@ BASE_SHA256=703e369ddd4cce971452f5a593ee55df3a5c10c83caf0fa0df039633ed181ee3
 BINDGEN_VERSION=0.73.2
 LLVM_VERSION=22
 
-export PATH=/usr/lib/llvm-$LLVM_VERSION/bin:$TOOLS/bin:$PATH
+# Debian's tools first: its python3 has the modules scripts/spdxcheck.py needs.
+export PATH=/usr/lib/llvm-$LLVM_VERSION/bin:$TOOLS/bin:/usr/sbin:/usr/bin:/sbin:/bin:$PATH
 export LIBCLANG_PATH=/usr/lib/llvm-$LLVM_VERSION/lib
 
 # Every kernel make goes through these, so rustup's toolchains (no
@@ -63,7 +64,7 @@ kunit_py() {
 		opts+=(--make_options="$var")
 	done
 	run_qemu_env python3 "$SRC/tools/testing/kunit/kunit.py" "$cmd" --arch=x86_64 \
-		--build_dir="$OBJ" --jobs="$(nproc)" "${opts[@]}" "$@"
+		--build_dir="$OBJ" "${opts[@]}" "$@"
 }
 
 # Test results, one line each: PASS|FAIL|SKIP <tab> name <tab> detail.
@@ -92,4 +93,19 @@ viommu_kernel_args() {
 	vtd) echo "intel_iommu=on" ;;
 	*) echo "" ;;
 	esac
+}
+
+# Kernel log lines that fail a boot: warnings, crashes, IOMMU faults and
+# DMA-API debug reports.
+BAD_LOG='WARNING: |------------\[ cut here \]|BUG: |Oops|Kernel panic|KASAN|UBSAN|Call Trace:'
+BAD_LOG+='|DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|fault from EP|DMA-API: .*disabling'
+
+# Records test NAME: the guest console log FILE has none of BAD_LOG.
+check_kernel_log() {
+	local bad
+	if bad=$(grep -a -m 3 -E "$BAD_LOG" "$2"); then
+		record FAIL "$1" "$(tr '\n' ' ' <<<"$bad")(see $2)"
+	else
+		record PASS "$1"
+	fi
 }

@@ -9,11 +9,12 @@
 
 series_out=$OUT/series
 amdir=$RFL_CACHE/am-check
-rm -rf "$series_out"
+rm -rf "$series_out" "$OUT"/checkpatch-*.log
 mkdir -p "$series_out"
 
 git -C "$SRC" config branch.series.description "$(cat "$REPO/series/cover-letter")"
-git -C "$SRC" format-patch -q --cover-letter --cover-from-description=subject \
+git -C "$SRC" -c user.name="$(git -C "$SRC" log -1 --format=%an)" \
+	-c user.email="$(git -C "$SRC" log -1 --format=%ae)" format-patch -q --cover-letter --cover-from-description=subject \
 	--base=refs/tags/base -o "$series_out" refs/tags/base..HEAD
 log "Exported $(ls "$series_out" | wc -l) files to $series_out"
 

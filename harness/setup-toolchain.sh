@@ -7,7 +7,8 @@
 PACKAGES=(rustc-web rust-web-src rust-web-clippy rustfmt-web
 	clang-$LLVM_VERSION lld-$LLVM_VERSION llvm-$LLVM_VERSION
 	libclang-$LLVM_VERSION-dev flex bison libelf-dev libssl-dev bc cpio
-	busybox-static make git python3 xz-utils perl gawk)
+	busybox-static kmod rsync make git python3 python3-ply python3-git
+	xz-utils perl gawk)
 QEMU_PACKAGES=(qemu-system-x86)
 
 
@@ -44,11 +45,19 @@ PIN
 	return 0
 }
 
+APT_LOG=$OUT/apt.log
+# Runs apt-get quietly; its whole output is shown only when it fails.
+apt_get() {
+	mkdir -p "$OUT"
+	DEBIAN_FRONTEND=noninteractive apt-get "$@" > "$APT_LOG" 2>&1 ||
+		{ cat "$APT_LOG" >&2; die "apt-get $* failed"; }
+}
+
 updated=
 apt_update() {
 	[ -n "$updated" ] && return
 	log "apt-get update"
-	apt-get update -qq
+	apt_get update
 	updated=1
 }
 
@@ -60,15 +69,15 @@ missing=$(not_installed "${PACKAGES[@]}")
 if [ -n "$missing" ]; then
 	apt_update
 	log "Installing:" $missing
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing
+	apt_get install -y --no-install-recommends $missing
 fi
 
 missing=$(not_installed "${QEMU_PACKAGES[@]}")
 if [ -n "$missing" ]; then
 	apt_update
 	log "Installing from bookworm-backports:" $missing
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		-t bookworm-backports $missing ipxe-qemu seabios qemu-system-data
+	apt_get install -y --no-install-recommends -t bookworm-backports \
+		$missing ipxe-qemu seabios qemu-system-data
 fi
 
 if ! "$TOOLS/bin/bindgen" --version 2>/dev/null | grep -q " $BINDGEN_VERSION\$"; then

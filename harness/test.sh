@@ -3,14 +3,25 @@
 # make test: set-up, then every check; ends with "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
 
+fail_count() { grep -c '^FAIL' "$RESULTS" 2>/dev/null || true; }
+
+# Runs one stage; a stage that fails without recording why fails by name.
+stage() {
+	local before
+	before=$(fail_count)
+	bash "$REPO/harness/$1.sh" && return 0
+	[ "$(fail_count)" -gt "$before" ] || record FAIL "$1" "harness/$1.sh failed (see its output above)"
+	return 1
+}
+
 mkdir -p "$OUT"
 rm -f "$RESULTS"
 start=$SECONDS
-if bash "$REPO/harness/prepare.sh"; then
-	bash "$REPO/harness/kunit.sh" || true
-	bash "$REPO/harness/selftests.sh" || true
-	bash "$REPO/harness/static-checks.sh" || true
-	bash "$REPO/harness/series.sh" || record FAIL series/export "series.sh failed"
+if stage prepare; then
+	stage kunit || true
+	stage selftests || true
+	stage static-checks || true
+	stage series || true
 fi
 log "make test took $((SECONDS - start)) s"
 exec bash "$REPO/harness/summary.sh"

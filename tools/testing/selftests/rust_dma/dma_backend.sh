@@ -49,8 +49,9 @@ group_type_is() {
 		[ ! -e "$dev/iommu_group" ]
 	else
 		got=$(cat "$dev/iommu_group/type" 2>/dev/null)
-		[ "$got" = "$want" ] || ktap_print_msg "$(basename "$dev"): group type '$got', expected '$want'"
-		[ "$got" = "$want" ]
+		[ "$got" = "$want" ] && return 0
+		ktap_print_msg "$(basename "$dev"): group type '$got', expected '$want'"
+		return 1
 	fi
 }
 
