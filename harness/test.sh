@@ -16,6 +16,7 @@ stage() {
 
 mkdir -p "$OUT"
 rm -f "$RESULTS"
+touch "$RESULTS"
 start=$SECONDS
 if stage prepare; then
 	stage kunit || true
