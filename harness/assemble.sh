@@ -51,18 +51,21 @@ done < <(kernel_files; (cd "$REPO" && find series/patches -type f 2>/dev/null))
 
 if [ ! -d "$SRC/.git" ]; then
 	log "Creating the working tree $SRC from the pristine base"
+	rm -rf "$SRC.tmp"
 	git clone -q --no-checkout "$PRISTINE" "$SRC.tmp"
 	git -C "$SRC.tmp" checkout -q -b series base
 	mv "$SRC.tmp" "$SRC"
 fi
 
 cd "$SRC"
+# Follows the pristine base when fetch-base.sh replaced it.
+git fetch -q -f "$PRISTINE" +refs/tags/base:refs/tags/base
 index=$(mktemp "$RFL_CACHE/assemble-index.XXXXXX")
 trap 'rm -f "$index"' EXIT
 export GIT_INDEX_FILE=$index
-git read-tree base
+git read-tree refs/tags/base
 
-head=$(git rev-parse base)
+head=$(git rev-parse refs/tags/base)
 for entry in $entries; do
 	while read -r kind path; do
 		case $kind in

@@ -20,7 +20,7 @@ logfile=$OUT/demo-$mode.log
 log "Booting q35 + $viommu vIOMMU + NVMe disk ($args)"
 # shellcheck disable=SC2086 # kernel arguments are split on purpose
 bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args \
-	kunit.enable=1 'kunit.filter_glob=rust_dma*' RFL_DEMO=1 || true
+	kunit.enable=1 'kunit.filter_glob=rust_kernel_dma*' RFL_DEMO=1 || true
 tr -d '\r' < "$logfile" > "$logfile.txt" && mv "$logfile.txt" "$logfile"
 
 grep -q '^RFL-GUEST-DONE' "$logfile" || die "the guest did not finish; see $logfile"

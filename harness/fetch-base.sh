@@ -5,13 +5,18 @@
 . "$(dirname "$0")/lib.sh"
 
 stamp=$PRISTINE/.rfl-base-version
-if [ -f "$stamp" ] && git -C "$PRISTINE" rev-parse -q --verify base >/dev/null; then
+if [ "$(cat "$stamp" 2>/dev/null)" = "$BASE_VERSION" ] &&
+	git -C "$PRISTINE" rev-parse -q --verify refs/tags/base >/dev/null; then
 	exit 0
 fi
 
 mkdir -p "$DOWNLOADS"
 version=$BASE_VERSION
 available=$(apt-cache madison "$BASE_PACKAGE" | awk '{ print $3 }')
+if [ -z "$available" ]; then
+	apt-get update -qq
+	available=$(apt-cache madison "$BASE_PACKAGE" | awk '{ print $3 }')
+fi
 if ! grep -qxF "$BASE_VERSION" <<<"$available"; then
 	version=$(sort -V <<<"$available" | tail -n 1)
 	[ -n "$version" ] || die "no $BASE_PACKAGE in the apt sources (trixie-backports)"
@@ -27,9 +32,9 @@ fi
 
 # apt-get download already checked the hash of the signed index; the pin
 # guards the cache and makes the base explicit.
-if [ "$version" = "$BASE_VERSION" ]; then
-	echo "$BASE_SHA256  $deb" | sha256sum -c --quiet - ||
-		die "sha256 mismatch for $deb (expected $BASE_SHA256)"
+if [ "$version" = "$BASE_VERSION" ] && ! echo "$BASE_SHA256  $deb" | sha256sum -c --quiet -; then
+	rm -f "$deb"
+	die "sha256 mismatch for $deb (expected $BASE_SHA256); removed it, run again to download it anew"
 fi
 
 log "Unpacking $BASE_PACKAGE $version into $PRISTINE"

@@ -75,6 +75,14 @@ record() {
 	[ "$1" != FAIL ] || printf '\033[1;31mFAIL\033[0m %s: %s\n' "$2" "${3:-}" >&2
 }
 
+count_failed() {
+	if [ -f "$RESULTS" ]; then
+		grep -c '^FAIL' "$RESULTS" || true
+	else
+		echo 0
+	fi
+}
+
 # QEMU's DMA test device: the edu device's DMA engine, with a full DMA mask.
 TEST_DEVICE_ARGS="-device edu,dma_mask=0xffffffffffffffff"
 
@@ -84,7 +92,7 @@ viommu_qemu_args() {
 	vtd) echo "-M q35,kernel-irqchip=split -device intel-iommu,intremap=on" ;;
 	virtio) echo "-M q35 -device virtio-iommu-pci" ;;
 	none) echo "-M q35" ;;
-	*) die "unknown vIOMMU '$1'" ;;
+	*) die "unknown vIOMMU '$1' (vtd, virtio or none)" ;;
 	esac
 }
 
@@ -103,7 +111,9 @@ BAD_LOG+='|DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|fault from EP|DMA
 # Records test NAME: the guest console log FILE has none of BAD_LOG.
 check_kernel_log() {
 	local bad
-	if bad=$(grep -a -m 3 -E "$BAD_LOG" "$2"); then
+	if [ ! -s "$2" ]; then
+		record FAIL "$1" "no console log $2"
+	elif bad=$(grep -a -m 3 -E "$BAD_LOG" "$2"); then
 		record FAIL "$1" "$(tr '\n' ' ' <<<"$bad")(see $2)"
 	else
 		record PASS "$1"

@@ -8,7 +8,7 @@ for step in setup-toolchain fetch-base assemble build; do
 	errlog=$OUT/$step.err
 	mkdir -p "$OUT"
 	if ! bash "$REPO/harness/$step.sh" 2> >(tee "$errlog" >&2); then
-		sleep 0.1 # let tee finish
+		wait $! # for tee
 		record FAIL "prepare/$step" "$(grep -a -m 1 'ERROR' "$errlog" | sed 's/\x1b\[[0-9;]*m//g' || tail -n 1 "$errlog")"
 		exit 1
 	fi

@@ -12,23 +12,29 @@ amdir=$RFL_CACHE/am-check
 rm -rf "$series_out" "$OUT"/checkpatch-*.log
 mkdir -p "$series_out"
 
+# The series' author signs the cover letter and commits the git am check.
+as_author=(-c user.name="$(git -C "$SRC" log -1 --format=%an)"
+	-c user.email="$(git -C "$SRC" log -1 --format=%ae)")
+
 git -C "$SRC" config branch.series.description "$(cat "$REPO/series/cover-letter")"
-git -C "$SRC" -c user.name="$(git -C "$SRC" log -1 --format=%an)" \
-	-c user.email="$(git -C "$SRC" log -1 --format=%ae)" format-patch -q --cover-letter --cover-from-description=subject \
+git -C "$SRC" "${as_author[@]}" format-patch -q --cover-letter --cover-from-description=subject \
 	--base=refs/tags/base -o "$series_out" refs/tags/base..HEAD
 log "Exported $(ls "$series_out" | wc -l) files to $series_out"
 
-if [ ! -d "$amdir" ]; then
+# A scratch worktree of the working tree's repository, kept between runs.
+if [ "$(git -C "$amdir" rev-parse --show-toplevel 2>/dev/null)" != "$amdir" ]; then
+	rm -rf "$amdir"
 	git -C "$SRC" worktree prune
 	git -C "$SRC" worktree add -q --detach "$amdir" refs/tags/base
 fi
 git -C "$amdir" am --abort 2>/dev/null || true
 git -C "$amdir" reset -q --hard refs/tags/base
+git -C "$amdir" clean -q -fdx
 
 patches=$(ls "$series_out"/*.patch | grep -v '/0000-')
 applied=yes
 for patch in $patches; do
-	if ! git -C "$amdir" am -q --whitespace=error "$patch" > "$OUT/git-am.log" 2>&1; then
+	if ! git -C "$amdir" "${as_author[@]}" am -q --whitespace=error "$patch" > "$OUT/git-am.log" 2>&1; then
 		record FAIL "series/git_am" "$(basename "$patch") does not apply to the base: $(head -n 1 "$OUT/git-am.log")"
 		git -C "$amdir" am --abort
 		applied=

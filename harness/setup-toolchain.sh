@@ -8,7 +8,7 @@ PACKAGES=(rustc-web rust-web-src rust-web-clippy rustfmt-web
 	clang-$LLVM_VERSION lld-$LLVM_VERSION llvm-$LLVM_VERSION
 	libclang-$LLVM_VERSION-dev flex bison libelf-dev libssl-dev bc cpio
 	busybox-static kmod rsync make git python3 python3-ply python3-git
-	xz-utils perl gawk)
+	xz-utils perl gawk cargo-web ca-certificates)
 QEMU_PACKAGES=(qemu-system-x86)
 
 
@@ -21,28 +21,37 @@ not_installed() {
 	done
 }
 
+# Writes file $1 from stdin unless it already has that content; returns
+# whether it changed.
+write_if_changed() {
+	local new
+	new=$(cat)
+	[ -f "$1" ] && [ "$(cat "$1")" = "$new" ] && return 1
+	printf '%s\n' "$new" > "$1"
+}
+
 add_apt_sources() {
-	local list=/etc/apt/sources.list.d/rfl-dma.sources
-	local pin=/etc/apt/preferences.d/rfl-dma
-	[ -f "$list" ] && [ -f "$pin" ] && return 1
-	log "Adding bookworm-backports and trixie-backports apt sources (pin 50)"
-	cat > "$list" <<'SRC'
+	local changed=1
+	write_if_changed /etc/apt/sources.list.d/rfl-dma.sources <<'SRC' && changed=0
 Types: deb
 URIs: http://deb.debian.org/debian
 Suites: bookworm-backports trixie-backports
 Components: main
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
 SRC
-	cat > "$pin" <<'PIN'
+	# Matched by codename (n=): the archive names (a=) are
+	# oldstable-backports and stable-backports.
+	write_if_changed /etc/apt/preferences.d/rfl-dma <<'PIN' && changed=0
 Package: *
-Pin: release a=bookworm-backports
+Pin: release n=bookworm-backports
 Pin-Priority: 50
 
 Package: *
-Pin: release a=trixie-backports
+Pin: release n=trixie-backports
 Pin-Priority: 50
 PIN
-	return 0
+	[ $changed = 0 ] && log "Added bookworm-backports and trixie-backports apt sources (pin 50)"
+	return $changed
 }
 
 APT_LOG=$OUT/apt.log
@@ -82,5 +91,5 @@ fi
 
 if ! "$TOOLS/bin/bindgen" --version 2>/dev/null | grep -q " $BINDGEN_VERSION\$"; then
 	log "Installing bindgen-cli $BINDGEN_VERSION from crates.io"
-	cargo install --quiet --locked --root "$TOOLS" "bindgen-cli@$BINDGEN_VERSION"
+	/usr/bin/cargo install --quiet --locked --root "$TOOLS" "bindgen-cli@$BINDGEN_VERSION"
 fi

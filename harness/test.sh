@@ -3,14 +3,12 @@
 # make test: set-up, then every check; ends with "N passed, N failed".
 . "$(dirname "$0")/lib.sh"
 
-fail_count() { grep -c '^FAIL' "$RESULTS" 2>/dev/null || true; }
-
 # Runs one stage; a stage that fails without recording why fails by name.
 stage() {
 	local before
-	before=$(fail_count)
+	before=$(count_failed)
 	bash "$REPO/harness/$1.sh" && return 0
-	[ "$(fail_count)" -gt "$before" ] || record FAIL "$1" "harness/$1.sh failed (see its output above)"
+	[ "$(count_failed)" -gt "$before" ] || record FAIL "$1" "harness/$1.sh failed (see its output above)"
 	return 1
 }
 

@@ -3,8 +3,7 @@
 //! Physical address ranges.
 //!
 //! A [`Phyr`] is one range of CPU physical addresses, the unit that the two-step DMA API links
-//! into an IOVA range or maps directly. It has the layout of the C `struct phys_vec`, so a slice
-//! of them can be handed to C code unchanged.
+//! into an IOVA range or maps directly. It has the layout of the C `struct phys_vec`.
 //!
 //! C header: [`include/linux/types.h`](srctree/include/linux/types.h)
 
@@ -18,7 +17,8 @@ use crate::{
 ///
 /// # Invariants
 ///
-/// `self.0.len` is non-zero and `self.0.paddr + self.0.len` does not overflow [`PhysAddr`].
+/// `self.0.len` is non-zero, fits in a [`PhysAddr`], and `self.0.paddr + self.0.len` does not
+/// overflow [`PhysAddr`].
 ///
 /// # Examples
 ///
@@ -33,17 +33,16 @@ use crate::{
 /// assert_eq!(Phyr::new(0x10_0000, 0), Err(EINVAL));
 /// # Ok::<(), Error>(())
 /// ```
+// Transparent, so that a slice of `Phyr` is an array of `struct phys_vec` for C.
 #[repr(transparent)]
+#[derive(Clone, Copy)]
 pub struct Phyr(bindings::phys_vec);
-
-// Slices of `Phyr` are passed to C as arrays of `struct phys_vec`.
-const _: () = assert!(core::mem::size_of::<Phyr>() == core::mem::size_of::<bindings::phys_vec>());
 
 impl Phyr {
     /// Creates the range of `size` bytes starting at `paddr`.
     ///
-    /// Returns [`EINVAL`] if `size` is zero and [`EOVERFLOW`] if the range does not fit below
-    /// the top of the physical address space.
+    /// Returns [`EINVAL`] if `size` is zero and [`EOVERFLOW`] if `paddr + size` exceeds
+    /// [`PhysAddr::MAX`], so a range cannot end exactly at the top of the address space.
     pub fn new(paddr: PhysAddr, size: usize) -> Result<Self> {
         if size == 0 {
             return Err(EINVAL);
@@ -53,7 +52,8 @@ impl Phyr {
             .and_then(|size| paddr.checked_add(size))
             .ok_or(EOVERFLOW)?;
 
-        // INVARIANT: `size` is non-zero and `paddr + size` does not overflow, both checked above.
+        // INVARIANT: `size` is non-zero, fits in a `PhysAddr` and `paddr + size` does not
+        // overflow, all checked above.
         Ok(Self(bindings::phys_vec { paddr, len: size }))
     }
 
@@ -72,7 +72,8 @@ impl Phyr {
     /// Returns the physical address just past the end of the range.
     #[inline]
     pub fn end(&self) -> PhysAddr {
-        // By the type invariant, the addition does not overflow and `len` fits a `PhysAddr`.
+        // CAST: by the type invariant, `len` fits in a `PhysAddr`, and the addition does not
+        // overflow.
         self.0.paddr + self.0.len as PhysAddr
     }
 }
@@ -92,7 +93,7 @@ impl core::fmt::Debug for Phyr {
 }
 
 #[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
-#[kunit_tests(rust_dma_phyr)]
+#[kunit_tests(rust_kernel_dma_phyr)]
 mod tests {
     use super::*;
 

@@ -5,11 +5,12 @@
 # machine was started with, so that the DMA tests of this directory run
 # against the backend they claim to test. The expected backend comes from
 # the environment:
-#   RUST_DMA_IOMMU   dmar, virtio or none: the IOMMU driver translating DMA
+#   RUST_DMA_IOMMU   dmar, virtio or none: the IOMMU translating the devices
 #   RUST_DMA_DOMAIN  DMA, DMA-FQ or identity: the default domain type of the
-#                    test devices' IOMMU groups (unset when RUST_DMA_IOMMU=none)
-#   RUST_DMA_SWIOTLB force when all streaming DMA must bounce through swiotlb
-# The test devices are QEMU's edu device (1234:11e8) and NVMe controllers.
+#                    devices' IOMMU groups (unset when RUST_DMA_IOMMU=none)
+#   RUST_DMA_SWIOTLB force when streaming DMA must bounce through swiotlb
+# The test devices are QEMU's edu device (1234:11e8), which must be
+# present, and NVMe controllers.
 
 DIR=$(dirname "$(readlink -f "$0")")
 . "$DIR/../kselftest/ktap_helpers.sh"
@@ -24,40 +25,49 @@ test_devices() {
 	done
 }
 
-iommu_driver_is() {
-	case "$1" in
+# The device's IOMMU is the expected kind: a VT-d unit, a PCI function
+# whose virtio device is bound to virtio_iommu, or none at all.
+device_iommu_is() {
+	iommu=$(basename "$(readlink "$1/iommu")" 2>/dev/null)
+	case "$2" in
 	dmar)
-		ls /sys/class/iommu | grep -q '^dmar'
+		case "$iommu" in dmar*) return 0 ;; esac
 		;;
 	virtio)
-		ls /sys/bus/virtio/drivers/virtio_iommu 2>/dev/null | grep -q '^virtio' &&
-			[ -n "$(ls /sys/class/iommu)" ]
+		for vdev in "/sys/bus/pci/devices/$iommu"/virtio*; do
+			[ "$(basename "$(readlink "$vdev/driver")")" = virtio_iommu ] && return 0
+		done
 		;;
 	none)
-		[ -z "$(ls /sys/class/iommu)" ]
-		;;
-	*)
-		false
+		[ ! -e "$1/iommu" ] && return 0
 		;;
 	esac
+	ktap_print_msg "$(basename "$1"): IOMMU '$iommu', expected $2"
+	return 1
 }
 
 group_type_is() {
-	dev=$1
-	want=$2
-	if [ "$want" = none ]; then
-		[ ! -e "$dev/iommu_group" ]
-	else
-		got=$(cat "$dev/iommu_group/type" 2>/dev/null)
-		[ "$got" = "$want" ] && return 0
-		ktap_print_msg "$(basename "$dev"): group type '$got', expected '$want'"
-		return 1
+	if [ "$2" = none ]; then
+		[ ! -e "$1/iommu_group" ]
+		return
 	fi
+	got=$(cat "$1/iommu_group/type" 2>/dev/null)
+	[ "$got" = "$2" ] && return 0
+	ktap_print_msg "$(basename "$1"): group type '$got', expected '$2'"
+	return 1
 }
 
-swiotlb_pool_present() {
+# With less than 4 GiB of RAM and no memory encryption, x86 sets up the
+# swiotlb pool only when swiotlb=force asks for it.
+swiotlb_pool_is() {
 	nslabs=$(cat /sys/kernel/debug/swiotlb/io_tlb_nslabs 2>/dev/null || echo 0)
-	[ "$nslabs" -gt 0 ]
+	if [ "$1" = force ]; then
+		[ "$nslabs" -gt 0 ] && return 0
+	else
+		[ "$nslabs" -eq 0 ] && return 0
+	fi
+	ktap_print_msg "swiotlb pool of $nslabs slabs with swiotlb=$1"
+	return 1
 }
 
 ktap_print_header
@@ -67,21 +77,20 @@ if [ -z "${RUST_DMA_IOMMU:-}" ]; then
 	exit "$KSFT_SKIP"
 fi
 devices=$(test_devices)
-if [ -z "$devices" ]; then
-	ktap_exit_fail_msg "no test device (edu or NVMe) found"
-fi
-
-plan=$((1 + $(echo "$devices" | wc -l)))
-[ "${RUST_DMA_SWIOTLB:-}" = force ] && plan=$((plan + 1))
-ktap_set_plan "$plan"
-
-ktap_test_result "iommu_driver_$RUST_DMA_IOMMU" iommu_driver_is "$RUST_DMA_IOMMU"
+echo "$devices" | grep -q . || ktap_exit_fail_msg "no test device found"
 for dev in $devices; do
-	ktap_test_result "group_type_${RUST_DMA_DOMAIN:-none}_$(basename "$dev")" \
+	[ "$(cat "$dev/vendor"):$(cat "$dev/device")" = 0x1234:0x11e8 ] && edu=$dev
+done
+[ -n "${edu:-}" ] || ktap_exit_fail_msg "no edu device (1234:11e8) found"
+
+ktap_set_plan $((2 * $(echo "$devices" | wc -l) + 1))
+for dev in $devices; do
+	bdf=$(basename "$dev")
+	ktap_test_result "iommu_${RUST_DMA_IOMMU}_$bdf" device_iommu_is "$dev" "$RUST_DMA_IOMMU"
+	ktap_test_result "group_type_${RUST_DMA_DOMAIN:-none}_$bdf" \
 		group_type_is "$dev" "${RUST_DMA_DOMAIN:-none}"
 done
-if [ "${RUST_DMA_SWIOTLB:-}" = force ]; then
-	ktap_test_result "swiotlb_pool_present" swiotlb_pool_present
-fi
+swiotlb=${RUST_DMA_SWIOTLB:-none}
+ktap_test_result "swiotlb_pool_$swiotlb" swiotlb_pool_is "$swiotlb"
 
 ktap_finished
