@@ -31,7 +31,7 @@ Kernel:  $(grep -m 1 -o 'Linux version [^ ]*' "$logfile"), base $(cat "$PRISTINE
 $(git -C "$SRC" log --reverse --format='           %s' refs/tags/base..HEAD)
 Machine: $(viommu_qemu_args "$viommu") $TEST_DEVICE_ARGS, NVMe disk
 IOMMU:
-$(grep -E 'DMAR: (IOMMU enabled|Intel\(R\) Virtualization)|iommu: Default domain type|virtio_iommu|software IO TLB: mapped' "$logfile" | sed 's/^\[[ 0-9.]*\] /  /')
+$(grep -E 'DMAR: (IOMMU enabled|Intel\(R\) Virtualization)|iommu: Default domain type|virtio_iommu|software IO TLB: mapped' "$logfile" | sed -E 's/^(\[[ 0-9.]*\] )?/  /')
 PCI devices (bdf vendor:device class, IOMMU group and its domain type):
 $(sed -n '/^RFL-DEMO-BEGIN/,/^RFL-DEMO-END/p' "$logfile" | sed '1d;$d;s/^/  /')
 

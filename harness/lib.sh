@@ -33,6 +33,18 @@ KMAKE_VARS=(
 	BINDGEN="$TOOLS/bin/bindgen"
 )
 
+# One harness run at a time per cache: the outermost script takes the
+# lock, the scripts it runs inherit it.
+if [ -z "${RFL_LOCK_HELD:-}" ]; then
+	mkdir -p "$RFL_CACHE"
+	exec 9>"$RFL_CACHE/lock"
+	if ! flock -n 9; then
+		printf '==> Waiting for another harness run on %s\n' "$RFL_CACHE" >&2
+		flock 9
+	fi
+	export RFL_LOCK_HELD=1
+fi
+
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 warn() { printf '\033[1;33mWARNING: %s\033[0m\n' "$*" >&2; }
 die() { printf '\033[1;31mERROR: %s\033[0m\n' "$*" >&2; exit 1; }

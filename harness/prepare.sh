@@ -7,8 +7,8 @@
 for step in setup-toolchain fetch-base assemble build; do
 	errlog=$OUT/$step.err
 	mkdir -p "$OUT"
-	if ! bash "$REPO/harness/$step.sh" 2> >(tee "$errlog" >&2); then
-		wait $! # for tee
+	# With pipefail, the pipeline fails when the step does.
+	if ! bash "$REPO/harness/$step.sh" 2>&1 | tee "$errlog"; then
 		record FAIL "prepare/$step" "$(grep -a -m 1 'ERROR' "$errlog" | sed 's/\x1b\[[0-9;]*m//g' || tail -n 1 "$errlog")"
 		exit 1
 	fi
