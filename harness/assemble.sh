@@ -90,8 +90,9 @@ for entry in $entries; do
 done
 unset GIT_INDEX_FILE
 
-# Only files that differ between the old and the new tree are rewritten.
-git read-tree -m -u HEAD "$head" 2>/dev/null || git read-tree -u --reset "$head"
-git update-ref refs/heads/series "$head"
+# The work tree becomes exactly the series, local edits included; only files
+# that differ are rewritten, so the others keep their mtimes.
 git symbolic-ref HEAD refs/heads/series
+git reset -q --hard "$head"
+git clean -q -fdx
 log "Working tree $SRC: $(git rev-list --count base..HEAD) patches on the base"

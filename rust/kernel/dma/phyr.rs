@@ -10,8 +10,11 @@
 use crate::{
     bindings,
     io::PhysAddr,
+    num::casts::FromSafeCast,
     prelude::*, //
 };
+
+pub mod list;
 
 /// A non-empty range of CPU physical addresses.
 ///
@@ -63,6 +66,20 @@ impl Phyr {
         self.0.paddr
     }
 
+    /// Returns the first physical address widened to `u64`, whatever the width of [`PhysAddr`].
+    #[inline]
+    #[cfg_attr(
+        CONFIG_PHYS_ADDR_T_64BIT,
+        expect(
+            clippy::unnecessary_cast,
+            reason = "`PhysAddr` is `u32` without PHYS_ADDR_T_64BIT"
+        )
+    )]
+    pub(crate) fn paddr_u64(&self) -> u64 {
+        // CAST: `PhysAddr` is `u32` or `u64`, so widening is lossless.
+        self.0.paddr as u64
+    }
+
     /// Returns the size of the range in bytes, which is never zero.
     #[inline]
     pub fn size(&self) -> usize {
@@ -75,6 +92,122 @@ impl Phyr {
         // CAST: by the type invariant, `len` fits in a `PhysAddr`, and the addition does not
         // overflow.
         self.0.paddr + self.0.len as PhysAddr
+    }
+
+    /// Returns the range covering `self` and `next` if `next` starts where `self` ends and the
+    /// union is a valid [`Phyr`].
+    pub fn join(&self, next: &Self) -> Option<Self> {
+        if self.end() != next.paddr() {
+            return None;
+        }
+        Self::new(self.paddr(), self.size().checked_add(next.size())?).ok()
+    }
+}
+
+/// The segments a device takes: how large, where they may not cross, how they are cut.
+///
+/// # Invariants
+///
+/// `granule` is a power of two and `max_size >= granule`. `boundary_mask` is all ones (no
+/// boundary) or `boundary_mask + 1` is a power of two no smaller than `granule`.
+#[derive(Clone, Copy, Debug)]
+pub struct SegmentLimits {
+    max_size: usize,
+    boundary_mask: u64,
+    granule: usize,
+}
+
+impl SegmentLimits {
+    /// Creates the limits of a device whose segments are at most `max_size` bytes, never cross an
+    /// address multiple of `boundary_mask + 1` (no boundary if the mask is all ones), and are cut,
+    /// when a range must be cut, on multiples of `granule`, e.g. the DMA merge boundary or the
+    /// controller page size.
+    ///
+    /// Returns [`EINVAL`] if `granule` or `boundary_mask + 1` is not a power of two, or if a
+    /// granule does not fit in a segment or between two boundaries.
+    pub fn new(max_size: usize, boundary_mask: u64, granule: usize) -> Result<Self> {
+        let boundary = boundary_mask.wrapping_add(1);
+        if !granule.is_power_of_two()
+            || !(boundary == 0 || boundary.is_power_of_two())
+            || max_size < granule
+            || (boundary != 0 && boundary < u64::from_safe_cast(granule))
+        {
+            return Err(EINVAL);
+        }
+        // INVARIANT: checked above.
+        Ok(Self {
+            max_size,
+            boundary_mask,
+            granule,
+        })
+    }
+
+    /// Returns the size of the first segment of `range`.
+    fn first_segment(&self, range: &Phyr) -> usize {
+        let start = range.paddr_u64();
+        let to_boundary = ((start | self.boundary_mask) - start).saturating_add(1);
+        let size = range.size().min(self.max_size);
+        let size = usize::try_from(to_boundary).map_or(size, |to_boundary| size.min(to_boundary));
+        if size == range.size() {
+            return size;
+        }
+        // Cut on a granule. The segment stays non-empty: it either ends on a boundary, which
+        // the invariants make a multiple of the granule, or has `max_size >= granule` bytes.
+        let granule = u64::from_safe_cast(self.granule);
+        let cut = (start + u64::from_safe_cast(size)) & !(granule - 1);
+        // CAST: `cut - start <= size`, which is a `usize`.
+        (cut - start) as usize
+    }
+}
+
+/// Iterator adaptor that cuts ranges into the segments a device takes; see
+/// [`SegmentLimits`]. It never merges ranges.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::dma::phyr::{Phyr, SegmentLimits, Split};
+///
+/// // 8 KiB segments that do not cross 16 KiB boundaries, cut on 4 KiB.
+/// let limits = SegmentLimits::new(0x2000, 0x3fff, 0x1000)?;
+/// let ranges = [Phyr::new(0x3800, 0x5000)?];
+/// let mut segments = Split::new(ranges.into_iter(), limits);
+/// assert_eq!(segments.next(), Some(Phyr::new(0x3800, 0x800)?));
+/// assert_eq!(segments.next(), Some(Phyr::new(0x4000, 0x2000)?));
+/// assert_eq!(segments.next(), Some(Phyr::new(0x6000, 0x2000)?));
+/// assert_eq!(segments.next(), Some(Phyr::new(0x8000, 0x800)?));
+/// assert_eq!(segments.next(), None);
+/// # Ok::<(), Error>(())
+/// ```
+pub struct Split<I> {
+    ranges: I,
+    limits: SegmentLimits,
+    rest: Option<Phyr>,
+}
+
+impl<I: Iterator<Item = Phyr>> Split<I> {
+    /// Cuts the ranges of `ranges` into segments within `limits`.
+    pub fn new(ranges: I, limits: SegmentLimits) -> Self {
+        Self {
+            ranges,
+            limits,
+            rest: None,
+        }
+    }
+}
+
+impl<I: Iterator<Item = Phyr>> Iterator for Split<I> {
+    type Item = Phyr;
+
+    fn next(&mut self) -> Option<Phyr> {
+        let range = self.rest.take().or_else(|| self.ranges.next())?;
+        let size = self.limits.first_segment(&range);
+        if size < range.size() {
+            // CAST: `size` is less than the range's size, which fits in a `PhysAddr`.
+            let rest_start = range.paddr() + size as PhysAddr;
+            self.rest = Phyr::new(rest_start, range.size() - size).ok();
+        }
+        Phyr::new(range.paddr(), size).ok()
     }
 }
 
@@ -89,6 +222,38 @@ impl Eq for Phyr {}
 impl core::fmt::Debug for Phyr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "Phyr({:#x}..{:#x})", self.paddr(), self.end())
+    }
+}
+
+/// A kernel PRNG (`prandom_u32_state()`) with a fixed seed, for reproducible randomized tests.
+#[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
+pub(crate) struct TestRng(bindings::rnd_state);
+
+#[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
+impl TestRng {
+    /// Creates the generator and logs `seed`, so that a failure can be replayed.
+    pub(crate) fn new(test: &str, seed: u64) -> Self {
+        pr_info!("{test}: random seed {seed:#x}\n");
+        let mut state = bindings::rnd_state::default();
+        // SAFETY: `state` is a valid `struct rnd_state` that nothing else accesses.
+        unsafe { bindings::prandom_seed_state(&mut state, seed) };
+        Self(state)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        // SAFETY: `self.0` is a valid, seeded `struct rnd_state` that nothing else accesses.
+        let high = unsafe { bindings::prandom_u32_state(&mut self.0) };
+        // SAFETY: As above.
+        let low = unsafe { bindings::prandom_u32_state(&mut self.0) };
+        u64::from(high) << 32 | u64::from(low)
+    }
+
+    /// Returns a number in `low..=high`.
+    pub(crate) fn range(&mut self, low: u64, high: u64) -> u64 {
+        match (high - low).checked_add(1) {
+            Some(span) => low + self.next_u64() % span,
+            None => self.next_u64(),
+        }
     }
 }
 
@@ -122,5 +287,103 @@ mod tests {
     fn new_rejects_overflow() {
         assert_eq!(Phyr::new(PhysAddr::MAX - 0xfff, 0x1000), Err(EOVERFLOW));
         assert_eq!(Phyr::new(1, usize::MAX), Err(EOVERFLOW));
+    }
+
+    #[test]
+    fn join_only_contiguous() -> Result {
+        let low = Phyr::new(0x1000, 0x1000)?;
+        let high = Phyr::new(0x2000, 0x10)?;
+        assert_eq!(low.join(&high), Some(Phyr::new(0x1000, 0x1010)?));
+        assert_eq!(high.join(&low), None);
+        assert_eq!(low.join(&Phyr::new(0x2001, 1)?), None);
+        Ok(())
+    }
+
+    #[test]
+    fn segment_limits_reject_bad_values() {
+        assert_eq!(
+            SegmentLimits::new(0x1000, u64::MAX, 0x3000).err(),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            SegmentLimits::new(0x800, u64::MAX, 0x1000).err(),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            SegmentLimits::new(0x1000, 0x2fff, 0x1000).err(),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            SegmentLimits::new(0x1000, 0x7ff, 0x1000).err(),
+            Some(EINVAL)
+        );
+        assert!(SegmentLimits::new(0x1000, 0xfff, 0x1000).is_ok());
+    }
+
+    fn split(ranges: &[Phyr], limits: SegmentLimits) -> Result<KVec<Phyr>> {
+        let mut segments = KVec::new();
+        for segment in Split::new(ranges.iter().copied(), limits) {
+            segments.push(segment, GFP_KERNEL)?;
+        }
+        Ok(segments)
+    }
+
+    #[test]
+    fn split_exact_cases() -> Result {
+        let unlimited = SegmentLimits::new(usize::MAX, u64::MAX, 1)?;
+        let ranges = [Phyr::new(0x1234, 0x10_0000)?, Phyr::new(0x10_1234, 1)?];
+        assert_eq!(split(&ranges, unlimited)?[..], ranges[..]);
+
+        // 4 KiB segments cut on 4 KiB: an unaligned start gives a short first segment.
+        let pages = SegmentLimits::new(0x1000, u64::MAX, 0x1000)?;
+        assert_eq!(
+            split(&[Phyr::new(0x1100, 0x3000)?], pages)?[..],
+            [
+                Phyr::new(0x1100, 0xf00)?,
+                Phyr::new(0x2000, 0x1000)?,
+                Phyr::new(0x3000, 0x1000)?,
+                Phyr::new(0x4000, 0x100)?,
+            ]
+        );
+
+        // Never merged, even when contiguous and small.
+        let contiguous = [Phyr::new(0x1000, 0x10)?, Phyr::new(0x1010, 0x10)?];
+        assert_eq!(split(&contiguous, pages)?[..], contiguous[..]);
+        Ok(())
+    }
+
+    #[test]
+    fn split_random_invariants() -> Result {
+        let mut rng = TestRng::new("split_random_invariants", 0x5eed_5b11);
+        for _ in 0..2000 {
+            let granule_shift = rng.range(0, 16);
+            let granule = 1u64 << granule_shift;
+            let max_size = usize::try_from(rng.range(1, 64) * granule + rng.range(0, 3))?;
+            let boundary_mask = match rng.range(0, 2) {
+                0 => u64::MAX,
+                shift => (1u64 << rng.range(granule_shift, 32 + shift)) - 1,
+            };
+            let limits = SegmentLimits::new(max_size, boundary_mask, usize::try_from(granule)?)?;
+            let range = Phyr::new(
+                rng.range(0, 1 << 40),
+                usize::try_from(rng.range(1, 1 << 18))?,
+            )?;
+
+            let mut next = range.paddr();
+            for segment in Split::new(core::iter::once(range), limits) {
+                assert_eq!(segment.paddr(), next);
+                assert!(segment.size() <= max_size);
+                assert_eq!(
+                    segment.paddr() & !boundary_mask,
+                    (segment.end() - 1) & !boundary_mask
+                );
+                if segment.end() != range.end() {
+                    assert_eq!(segment.end() % granule, 0);
+                }
+                next = segment.end();
+            }
+            assert_eq!(next, range.end());
+        }
+        Ok(())
     }
 }
