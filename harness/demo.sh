@@ -38,6 +38,9 @@ $(sed -n '/^RFL-DEMO-BEGIN/,/^RFL-DEMO-END/p' "$logfile" | sed '1d;$d;s/^/  /')
 KUnit suites of the series, run at boot:
 $(python3 "$SRC/tools/testing/kunit/kunit.py" parse "$logfile" 2>&1 | sed 's/^\[[0-9:]*\] //;s/^/  /' | grep -vE '^\s*$')
 
+Range list memory, as measured by the KUnit case memory_figures:
+$(grep -o 'rust_kernel: .*bytes per range.*' "$logfile" | sed 's/^rust_kernel: /  /')
+
 kselftests:
 $(sed -n '/^RFL-KSELFTEST-BEGIN/,/^RFL-KSELFTEST-END/p' "$logfile" | grep -E '^(not )?ok |^# Totals' | sed 's/^/  /')
 Console log: $logfile
