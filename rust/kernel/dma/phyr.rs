@@ -45,7 +45,7 @@ impl Phyr {
     /// Creates the range of `size` bytes starting at `paddr`.
     ///
     /// Returns [`EINVAL`] if `size` is zero and [`EOVERFLOW`] if `paddr + size` exceeds
-    /// [`PhysAddr::MAX`], so a range cannot end exactly at the top of the address space.
+    /// [`PhysAddr::MAX`]: the byte at `PhysAddr::MAX` cannot be part of a range.
     pub fn new(paddr: PhysAddr, size: usize) -> Result<Self> {
         if size == 0 {
             return Err(EINVAL);
@@ -58,6 +58,13 @@ impl Phyr {
         // INVARIANT: `size` is non-zero, fits in a `PhysAddr` and `paddr + size` does not
         // overflow, all checked above.
         Ok(Self(bindings::phys_vec { paddr, len: size }))
+    }
+
+    /// Creates a range the caller knows to be valid, such as a part of a valid range.
+    pub(crate) fn from_valid(paddr: PhysAddr, size: usize) -> Self {
+        debug_assert!(Self::new(paddr, size).is_ok());
+        // INVARIANT: the caller guarantees a non-zero size and no overflow.
+        Self(bindings::phys_vec { paddr, len: size })
     }
 
     /// Returns the first physical address of the range.
@@ -73,6 +80,13 @@ impl Phyr {
         expect(
             clippy::unnecessary_cast,
             reason = "`PhysAddr` is `u32` without PHYS_ADDR_T_64BIT"
+        )
+    )]
+    #[cfg_attr(
+        not(CONFIG_PHYS_ADDR_T_64BIT),
+        expect(
+            clippy::cast_lossless,
+            reason = "`PhysAddr` is `u64` with PHYS_ADDR_T_64BIT"
         )
     )]
     pub(crate) fn paddr_u64(&self) -> u64 {
@@ -104,7 +118,24 @@ impl Phyr {
     }
 }
 
+impl PartialEq for Phyr {
+    fn eq(&self, other: &Self) -> bool {
+        self.paddr() == other.paddr() && self.size() == other.size()
+    }
+}
+
+impl Eq for Phyr {}
+
+impl core::fmt::Debug for Phyr {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Phyr({:#x}..{:#x})", self.paddr(), self.end())
+    }
+}
+
 /// The segments a device takes: how large, where they may not cross, how they are cut.
+///
+/// The limits apply to the addresses the device sees: use them on physical ranges only where
+/// those are the DMA addresses (direct mapping without offset), otherwise on the mapped ranges.
 ///
 /// # Invariants
 ///
@@ -120,8 +151,8 @@ pub struct SegmentLimits {
 impl SegmentLimits {
     /// Creates the limits of a device whose segments are at most `max_size` bytes, never cross an
     /// address multiple of `boundary_mask + 1` (no boundary if the mask is all ones), and are cut,
-    /// when a range must be cut, on multiples of `granule`, e.g. the DMA merge boundary or the
-    /// controller page size.
+    /// when a range must be cut, on multiples of `granule`, e.g. `dma_get_merge_boundary() + 1`
+    /// or the controller page size.
     ///
     /// Returns [`EINVAL`] if `granule` or `boundary_mask + 1` is not a power of two, or if a
     /// granule does not fit in a segment or between two boundaries.
@@ -205,23 +236,10 @@ impl<I: Iterator<Item = Phyr>> Iterator for Split<I> {
         if size < range.size() {
             // CAST: `size` is less than the range's size, which fits in a `PhysAddr`.
             let rest_start = range.paddr() + size as PhysAddr;
-            self.rest = Phyr::new(rest_start, range.size() - size).ok();
+            self.rest = Some(Phyr::from_valid(rest_start, range.size() - size));
         }
-        Phyr::new(range.paddr(), size).ok()
-    }
-}
-
-impl PartialEq for Phyr {
-    fn eq(&self, other: &Self) -> bool {
-        self.paddr() == other.paddr() && self.size() == other.size()
-    }
-}
-
-impl Eq for Phyr {}
-
-impl core::fmt::Debug for Phyr {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "Phyr({:#x}..{:#x})", self.paddr(), self.end())
+        // `first_segment()` returns a non-empty part of `range`.
+        Some(Phyr::from_valid(range.paddr(), size))
     }
 }
 
@@ -240,6 +258,7 @@ impl TestRng {
         Self(state)
     }
 
+    /// Returns the next 64 random bits.
     pub(crate) fn next_u64(&mut self) -> u64 {
         // SAFETY: `self.0` is a valid, seeded `struct rnd_state` that nothing else accesses.
         let high = unsafe { bindings::prandom_u32_state(&mut self.0) };
@@ -346,6 +365,27 @@ mod tests {
             ]
         );
 
+        // Near the top of the address space and as large as a range can be.
+        let top = [
+            Phyr::new(PhysAddr::MAX - 0x1fff, 0x1fff)?,
+            Phyr::new(0, usize::MAX)?,
+        ];
+        assert_eq!(split(&top, unlimited)?[..], top[..]);
+        assert_eq!(
+            split(&top[..1], pages)?[..],
+            [
+                Phyr::new(PhysAddr::MAX - 0x1fff, 0x1000)?,
+                Phyr::new(PhysAddr::MAX - 0xfff, 0xfff)?
+            ]
+        );
+
+        // Every byte a segment of its own.
+        let bytes = SegmentLimits::new(1, 0, 1)?;
+        assert_eq!(
+            split(&[Phyr::new(0x10, 2)?], bytes)?[..],
+            [Phyr::new(0x10, 1)?, Phyr::new(0x11, 1)?]
+        );
+
         // Never merged, even when contiguous and small.
         let contiguous = [Phyr::new(0x1000, 0x10)?, Phyr::new(0x1010, 0x10)?];
         assert_eq!(split(&contiguous, pages)?[..], contiguous[..]);
@@ -378,7 +418,14 @@ mod tests {
                     (segment.end() - 1) & !boundary_mask
                 );
                 if segment.end() != range.end() {
+                    // Cut on a granule, and no longer segment was possible: it ends on a
+                    // boundary or one more granule would exceed the maximum size.
                     assert_eq!(segment.end() % granule, 0);
+                    assert!(
+                        segment.end() & boundary_mask == 0
+                            || u64::from_safe_cast(segment.size()) + granule
+                                > u64::from_safe_cast(max_size)
+                    );
                 }
                 next = segment.end();
             }

@@ -2,19 +2,21 @@
 
 //! Compact lists of physical ranges.
 //!
-//! [`PhyrList`] keeps its ranges in 64-bit words, stored in chunks of one page, so that a long
-//! list never needs a large contiguous allocation and never copies what it already holds when it
-//! grows. A range is encoded as one of:
+//! [`PhyrList`] keeps its ranges in 64-bit words, stored in chunks of one page, so that the
+//! encoded ranges never need a large contiguous allocation and are never copied when the list
+//! grows; only the small table of chunks (24 bytes per 512 words with 4 KiB pages) is. A range
+//! is encoded as one of:
 //!
 //! - a run of whole pages, one word: bit 0 clear, bit 1 the continuation flag, bits 2 to 23 the
 //!   number of pages minus one and bits 24 to 63 the page frame number;
 //! - any other range, two words: the first has bit 0 set, bit 1 the continuation flag and the
 //!   size in bits 2 to 63, the second is the physical address.
 //!
-//! A range too long for one entry, or a run of pages beyond the page frames the first form can
-//! hold, takes several entries; all but the first have the continuation flag set and are merged
-//! back into one range by iteration. So a run of pages costs 8 bytes, any other range 16 bytes,
-//! against 32 bytes for a `struct scatterlist` entry.
+//! A run of pages that reaches past page frame 2^40 - 1 uses the second form. A range too long
+//! for one entry (more than 2^22 pages, or 2^62 bytes or more) takes several entries of its form;
+//! all but the first have the continuation flag set and are merged back into one range by
+//! iteration. So a run of up to 2^22 pages costs 8 bytes, any other range 16 bytes, against 32
+//! bytes for a `struct scatterlist` entry on x86_64.
 
 use super::Phyr;
 use crate::{
@@ -119,8 +121,9 @@ impl Encoding {
 ///
 /// # Invariants
 ///
-/// - `words` holds the encoded ranges in `chunks`, in order: chunk `i` holds words
-///   `i * WORDS_PER_CHUNK..` and every chunk but the last one holding words is full.
+/// - The first `words` words of `chunks` are the complete encoding of a sequence of valid
+///   [`Phyr`]s, in order: chunk `i` holds words `i * WORDS_PER_CHUNK..` and every chunk but the
+///   last one holding words is full.
 /// - Every chunk has a capacity of exactly `WORDS_PER_CHUNK` words.
 /// - `open`, when present, is the last range, not yet encoded, and no encoded range follows
 ///   it.
@@ -157,9 +160,10 @@ impl PhyrList {
         }
     }
 
-    /// Reserves room for `ranges` more ranges of whole pages, or half as many other ranges.
-    pub fn reserve(&mut self, ranges: usize, flags: Flags) -> Result {
-        let needed = self.words.checked_add(ranges).ok_or(ENOMEM)?;
+    /// Reserves room for `words` more words: one per run of up to 2^22 whole pages, two per
+    /// other range (see the module documentation).
+    pub fn reserve(&mut self, words: usize, flags: Flags) -> Result {
+        let needed = self.words.checked_add(words).ok_or(ENOMEM)?;
         let chunks = needed.div_ceil(WORDS_PER_CHUNK);
         if chunks > self.chunks.len() {
             self.chunks.reserve(chunks - self.chunks.len(), flags)?;
@@ -184,9 +188,11 @@ impl PhyrList {
     fn encode(&mut self, range: Phyr) {
         let mut paddr = range.paddr_u64();
         let mut left = u64::from_safe_cast(range.size());
+        let encoding = Encoding::of(paddr, left);
         let mut continuation = 0;
+        // INVARIANT: the words appended are the encoding of `range`, a valid `Phyr`.
         while left > 0 {
-            let size = match Encoding::of(paddr, left) {
+            let size = match encoding {
                 Encoding::PageRuns => {
                     let pages = (left >> PAGE_SHIFT).min(MAX_RUN_PAGES);
                     self.put(
@@ -241,10 +247,12 @@ impl PhyrRanges for PhyrList {
 impl PhyrPush for PhyrList {
     fn push(&mut self, range: Phyr, flags: Flags) -> Result {
         let Some(open) = self.open else {
+            // INVARIANT: the list holds no range yet, `range` becomes the last one.
             self.open = Some(range);
             return Ok(());
         };
         if let Some(merged) = open.join(&range) {
+            // INVARIANT: `merged` is the last range extended by `range`.
             self.open = Some(merged);
             return Ok(());
         }
@@ -287,9 +295,9 @@ impl<I: Iterator<Item = u64>> Iterator for Decoder<I> {
         {
             size += self.next_entry()?.1;
         }
-        // CAST: the entries were encoded from a `Phyr`, whose address is a `PhysAddr` and whose
-        // size is a `usize`.
-        Phyr::new(paddr as PhysAddr, size as usize).ok()
+        // CAST: by the type invariants of `PhyrList`, the entries encode a valid `Phyr`, whose
+        // address is a `PhysAddr` and whose size is a `usize`.
+        Some(Phyr::from_valid(paddr as PhysAddr, size as usize))
     }
 }
 
@@ -431,7 +439,6 @@ mod tests {
         assert_eq!(list.ranges().count(), gib_pages);
         let scattered = report("1 GiB of scattered 4 KiB pages", &list, gib_pages);
         assert!(scattered <= 8 * gib_pages);
-        assert!(scattered * 4 <= gib_pages * core::mem::size_of::<bindings::scatterlist>());
 
         // The same memory in 2 MiB runs.
         let runs = 512;
