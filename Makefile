@@ -8,7 +8,7 @@ CONFIG ?=
 .PHONY: demo test series kunit selftest prepare
 
 demo:
-	@bash harness/demo.sh $(VIOMMU)
+	@bash harness/demo.sh $(CONFIG)
 
 test:
 	@bash harness/test.sh

@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 # Boots the test guest once with the initramfs of initramfs.sh, behind a
 # vIOMMU, with the DMA test devices and an NVMe disk. The console goes to
-# LOG; a guest that does not power off within BOOT_TIMEOUT seconds is
-# killed and the boot fails.
+# LOG, always created, with Unix line ends; a guest that does not power off
+# within BOOT_TIMEOUT seconds is killed and the boot fails with its status.
 # Usage: boot.sh LOG VIOMMU [KERNEL_ARG...]
 . "$(dirname "$0")/lib.sh"
 
@@ -13,6 +13,7 @@ shift 2
 disk=$OUT/nvme-disk.img
 [ -f "$disk" ] || truncate -s 64M "$disk"
 
+rc=0
 # shellcheck disable=SC2046 # the argument lists are split on purpose
 run_qemu_env timeout --kill-after=10 "${BOOT_TIMEOUT:-300}" qemu-system-x86_64 \
 	$(viommu_qemu_args "$viommu") -m 2048 -smp 2 -accel kvm -accel tcg \
@@ -21,4 +22,9 @@ run_qemu_env timeout --kill-after=10 "${BOOT_TIMEOUT:-300}" qemu-system-x86_64 \
 	-append "console=ttyS0 panic=-1 kunit.enable=0 $(viommu_kernel_args "$viommu") $*" \
 	$TEST_DEVICE_ARGS \
 	-drive "file=$disk,if=none,id=nvme0,format=raw" -device nvme,serial=rfl-dma-0,drive=nvme0 \
-	</dev/null
+	</dev/null || rc=$?
+
+touch "$logfile"
+tr -d '\r' < "$logfile" > "$logfile.txt"
+mv "$logfile.txt" "$logfile"
+exit $rc

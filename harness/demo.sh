@@ -3,16 +3,12 @@
 # make demo: builds everything, boots the guest behind a vIOMMU with an
 # NVMe disk, runs the series' KUnit suites and kselftests in it and prints
 # a short report.
-# Usage: demo.sh [vtd|virtio|swiotlb]
+# Usage: demo.sh [CONFIG], a name from harness/matrix (default: vtd-strict)
 . "$(dirname "$0")/lib.sh"
 
-mode=${1:-vtd}
-case $mode in
-vtd) viommu=vtd args="iommu.strict=1 RUST_DMA_IOMMU=dmar RUST_DMA_DOMAIN=DMA" ;;
-virtio) viommu=virtio args="iommu.strict=0 RUST_DMA_IOMMU=virtio RUST_DMA_DOMAIN=DMA-FQ" ;;
-swiotlb) viommu=none args="swiotlb=force RUST_DMA_IOMMU=none RUST_DMA_SWIOTLB=force" ;;
-*) die "unknown demo configuration '$mode' (vtd, virtio or swiotlb)" ;;
-esac
+mode=${1:-vtd-strict}
+read -r _ viommu args < <(matrix_lines | awk -v name="$mode" '$1 == name') ||
+	die "no configuration '$mode' in harness/matrix"
 
 bash "$REPO/harness/prepare.sh"
 bash "$REPO/harness/initramfs.sh"
@@ -21,7 +17,6 @@ log "Booting q35 + $viommu vIOMMU + NVMe disk ($args)"
 # shellcheck disable=SC2086 # kernel arguments are split on purpose
 bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args \
 	kunit.enable=1 'kunit.filter_glob=rust_kernel_dma*' RFL_DEMO=1 || true
-tr -d '\r' < "$logfile" > "$logfile.txt" && mv "$logfile.txt" "$logfile"
 
 grep -q '^RFL-GUEST-DONE' "$logfile" || die "the guest did not finish; see $logfile"
 cat <<REPORT

@@ -98,6 +98,12 @@ count_failed() {
 # QEMU's DMA test device: the edu device's DMA engine, with a full DMA mask.
 TEST_DEVICE_ARGS="-device edu,dma_mask=0xffffffffffffffff"
 
+# The machine configurations of harness/matrix, one "name viommu kernel-args"
+# line each.
+matrix_lines() {
+	grep -v -E '^\s*(#|$)' "$REPO/harness/matrix"
+}
+
 # QEMU machine arguments for each vIOMMU (vtd, virtio or none).
 viommu_qemu_args() {
 	case $1 in

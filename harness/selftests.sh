@@ -7,7 +7,7 @@
 # Usage: selftests.sh [CONFIG...]
 . "$(dirname "$0")/lib.sh"
 
-matrix=$(grep -v -E '^\s*(#|$)' "$REPO/harness/matrix")
+matrix=$(matrix_lines)
 for name in "$@"; do
 	awk '{ print $1 }' <<<"$matrix" | grep -qxF "$name" ||
 		die "no configuration '$name' in harness/matrix"
@@ -27,9 +27,6 @@ while read -r name viommu args; do
 	rc=0
 	# shellcheck disable=SC2086 # kernel arguments are split on purpose
 	bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args || rc=$?
-	touch "$logfile"
-	tr -d '\r' < "$logfile" > "$logfile.txt"
-	mv "$logfile.txt" "$logfile"
 
 	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
 		record FAIL "selftest/$name/boot" "guest hung: killed after ${BOOT_TIMEOUT:-300} s (see $logfile)"

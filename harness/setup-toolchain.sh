@@ -11,7 +11,6 @@ PACKAGES=(rustc-web rust-web-src rust-web-clippy rustfmt-web
 	xz-utils perl gawk cargo-web ca-certificates)
 QEMU_PACKAGES=(qemu-system-x86)
 
-
 # dpkg-query lists only known packages; compare against the request.
 not_installed() {
 	local p

@@ -93,9 +93,11 @@ enum Encoding {
 }
 
 impl Encoding {
-    fn of(paddr: u64, size: u64) -> Self {
+    fn of(range: &Phyr) -> Self {
+        let paddr = range.paddr_u64();
+        let size = u64::from_safe_cast(range.size());
         let aligned = (paddr | size) & (PAGE_BYTES - 1) == 0;
-        // `size` is non-zero and `paddr + size` does not overflow: both come from a `Phyr`.
+        // By the invariants of `Phyr`, `size` is non-zero and `paddr + size` does not overflow.
         if aligned && (paddr + size - 1) >> PAGE_SHIFT <= MAX_RUN_PFN {
             Self::PageRuns
         } else {
@@ -103,11 +105,12 @@ impl Encoding {
         }
     }
 
-    /// Number of words the range `paddr`, `size` takes.
-    fn words(paddr: u64, size: u64) -> usize {
+    /// Number of words `range` takes.
+    fn words(range: &Phyr) -> usize {
+        let size = u64::from_safe_cast(range.size());
         // Saturates: a count that does not fit makes the reservation fail.
         let entries = |max: u64| usize::try_from(size.div_ceil(max)).unwrap_or(usize::MAX);
-        match Self::of(paddr, size) {
+        match Self::of(range) {
             Self::PageRuns => entries(MAX_RUN_PAGES * PAGE_BYTES),
             Self::ByteRanges => entries(MAX_BYTE_RANGE).saturating_mul(2),
         }
@@ -178,17 +181,15 @@ impl PhyrList {
 
     /// Returns the number of bytes the list uses for its entries, a measure of its footprint.
     pub fn encoded_bytes(&self) -> usize {
-        let open_words = self.open.map_or(0, |range| {
-            Encoding::words(range.paddr_u64(), u64::from_safe_cast(range.size()))
-        });
+        let open_words = self.open.as_ref().map_or(0, Encoding::words);
         (self.words + open_words) * core::mem::size_of::<u64>()
     }
 
     /// Encodes `range` at the end of the words; room for it must have been reserved.
     fn encode(&mut self, range: Phyr) {
+        let encoding = Encoding::of(&range);
         let mut paddr = range.paddr_u64();
         let mut left = u64::from_safe_cast(range.size());
-        let encoding = Encoding::of(paddr, left);
         let mut continuation = 0;
         // INVARIANT: the words appended are the encoding of `range`, a valid `Phyr`.
         while left > 0 {
@@ -256,8 +257,7 @@ impl PhyrPush for PhyrList {
             self.open = Some(merged);
             return Ok(());
         }
-        let words = Encoding::words(open.paddr_u64(), u64::from_safe_cast(open.size()));
-        self.reserve(words, flags)?;
+        self.reserve(Encoding::words(&open), flags)?;
         self.encode(open);
         // INVARIANT: the former open range is encoded, `range` is now the last one.
         self.open = Some(range);
