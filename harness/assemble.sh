@@ -65,14 +65,45 @@ trap 'rm -f "$index"' EXIT
 export GIT_INDEX_FILE=$index
 git read-tree refs/tags/base
 
+# A file the series adds may grow in later patches of the series: the entry
+# that adds it carries the repo file with those later patches reversed.
+# Prints the blob of file $1 as added; $2... are the entries after it.
+added_blob() {
+	local path=$1 entry kind item dir
+	local later=()
+	shift
+	for entry in "$@"; do
+		while read -r kind item; do
+			[ "$kind" = patch ] || continue
+			grep -qxF "+++ b/$path" "$SERIES_DIR/patches/$item" &&
+				later=("$SERIES_DIR/patches/$item" "${later[@]}")
+		done < <(entry_items "$entry")
+	done
+	if [ ${#later[@]} -eq 0 ]; then
+		git hash-object -w "$REPO/$path"
+		return
+	fi
+	dir=$(mktemp -d)
+	mkdir -p "$dir/$(dirname "$path")"
+	cp "$REPO/$path" "$dir/$path"
+	for item in "${later[@]}"; do
+		(cd "$dir" && env -u GIT_INDEX_FILE git apply -R --include="$path" "$item") ||
+			die "$(basename "$item") does not reverse-apply to $path"
+	done
+	git hash-object -w "$dir/$path"
+	rm -rf "$dir"
+}
+
+mapfile -t entry_list <<<"$entries"
 head=$(git rev-parse refs/tags/base)
-for entry in $entries; do
+for i in "${!entry_list[@]}"; do
+	entry=${entry_list[$i]}
 	while read -r kind path; do
 		case $kind in
 		new)
 			mode=100644
 			[ -x "$REPO/$path" ] && mode=100755
-			blob=$(git hash-object -w "$REPO/$path")
+			blob=$(added_blob "$path" "${entry_list[@]:i+1}")
 			git update-index --add --cacheinfo "$mode,$blob,$path"
 			;;
 		patch)

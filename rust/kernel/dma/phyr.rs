@@ -1,20 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Physical address ranges.
+//! Physical address ranges and the DMA address ranges they are mapped to.
 //!
 //! A [`Phyr`] is one range of CPU physical addresses, the unit that the two-step DMA API links
-//! into an IOVA range or maps directly. It has the layout of the C `struct phys_vec`.
+//! into an IOVA range or maps directly. It has the layout of the C `struct phys_vec`. A
+//! [`DmaRange`] is a range of addresses as a device sees them. The two are distinct types: a
+//! physical range becomes a DMA range only by being mapped for a device.
 //!
 //! C header: [`include/linux/types.h`](srctree/include/linux/types.h)
 
 use crate::{
     bindings,
+    dma::DmaAddress,
     io::PhysAddr,
     num::casts::FromSafeCast,
     prelude::*, //
 };
 
 pub mod list;
+pub mod source;
+pub mod user;
 
 /// A non-empty range of CPU physical addresses.
 ///
@@ -73,27 +78,6 @@ impl Phyr {
         self.0.paddr
     }
 
-    /// Returns the first physical address widened to `u64`, whatever the width of [`PhysAddr`].
-    #[inline]
-    #[cfg_attr(
-        CONFIG_PHYS_ADDR_T_64BIT,
-        expect(
-            clippy::unnecessary_cast,
-            reason = "`PhysAddr` is `u32` without PHYS_ADDR_T_64BIT"
-        )
-    )]
-    #[cfg_attr(
-        not(CONFIG_PHYS_ADDR_T_64BIT),
-        expect(
-            clippy::cast_lossless,
-            reason = "`PhysAddr` is `u64` with PHYS_ADDR_T_64BIT"
-        )
-    )]
-    pub(crate) fn paddr_u64(&self) -> u64 {
-        // CAST: `PhysAddr` is `u32` or `u64`, so widening is lossless.
-        self.0.paddr as u64
-    }
-
     /// Returns the size of the range in bytes, which is never zero.
     #[inline]
     pub fn size(&self) -> usize {
@@ -129,6 +113,198 @@ impl Eq for Phyr {}
 impl core::fmt::Debug for Phyr {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(f, "Phyr({:#x}..{:#x})", self.paddr(), self.end())
+    }
+}
+
+/// A non-empty range of DMA addresses: addresses as one device sees them.
+///
+/// It is what a DMA mapping of [`Phyr`]s gives, and there is no conversion from a [`Phyr`]: a
+/// CPU physical address is not a DMA address, and a device may see memory at another address,
+/// through an IOMMU or a bus offset, or not at all. The only other way to a `DmaRange` is
+/// [`DmaRange::from_bus_address`], for memory that a device reaches by its bus address without a
+/// mapping, such as a peer device's BAR for PCI peer-to-peer DMA.
+///
+/// # Invariants
+///
+/// `self.size` is non-zero, fits in a [`DmaAddress`], and `self.addr + self.size` does not
+/// overflow [`DmaAddress`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct DmaRange {
+    addr: DmaAddress,
+    size: usize,
+}
+
+impl DmaRange {
+    /// Creates the range of `size` bytes at bus address `addr`, which a device reaches without
+    /// any DMA mapping.
+    ///
+    /// Returns [`EINVAL`] if `size` is zero and [`EOVERFLOW`] if the range wraps past
+    /// [`DmaAddress::MAX`].
+    ///
+    /// # Safety
+    ///
+    /// `addr..addr + size` must be bus addresses that the devices this range is given to can
+    /// access without a DMA mapping, e.g. the bus addresses of a peer device's BAR when PCI
+    /// peer-to-peer transactions go directly between the two devices, and the memory behind them
+    /// must stay accessible for as long as a device may use the range.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::dma::{
+    ///     phyr::DmaRange,
+    ///     DmaAddress, //
+    /// };
+    ///
+    /// // SAFETY: The range is not given to any device.
+    /// let range = unsafe { DmaRange::from_bus_address(0xfe00_0000, 0x1000) }?;
+    /// assert_eq!(range.dma_addr(), 0xfe00_0000);
+    /// assert_eq!(range.end(), 0xfe00_1000);
+    /// // SAFETY: As above.
+    /// assert_eq!(unsafe { DmaRange::from_bus_address(DmaAddress::MAX, 1) }, Err(EOVERFLOW));
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub unsafe fn from_bus_address(addr: DmaAddress, size: usize) -> Result<Self> {
+        if size == 0 {
+            return Err(EINVAL);
+        }
+        DmaAddress::try_from(size)
+            .ok()
+            .and_then(|size| addr.checked_add(size))
+            .ok_or(EOVERFLOW)?;
+        // INVARIANT: `size` is non-zero, fits in a `DmaAddress` and `addr + size` does not
+        // overflow, all checked above.
+        Ok(Self { addr, size })
+    }
+
+    /// Returns the first DMA address of the range, the one to give the device.
+    #[inline]
+    pub fn dma_addr(&self) -> DmaAddress {
+        self.addr
+    }
+
+    /// Returns the size of the range in bytes, which is never zero.
+    #[inline]
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Returns the DMA address just past the end of the range.
+    #[inline]
+    pub fn end(&self) -> DmaAddress {
+        // CAST: by the type invariant, `size` fits in a `DmaAddress`, and the addition does not
+        // overflow.
+        self.addr + self.size as DmaAddress
+    }
+}
+
+impl core::fmt::Debug for DmaRange {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "DmaRange({:#x}..{:#x})", self.dma_addr(), self.end())
+    }
+}
+
+/// A range of addresses that [`Split`] can cut: a [`Phyr`] or a [`DmaRange`].
+pub trait AddrRange: Copy + private::Sealed {
+    /// Returns the first address of the range widened to `u64`, as 64-bit hardware descriptors
+    /// take it, whatever the width of the address type.
+    fn start_u64(&self) -> u64;
+}
+
+impl AddrRange for Phyr {
+    #[cfg_attr(
+        CONFIG_PHYS_ADDR_T_64BIT,
+        expect(
+            clippy::unnecessary_cast,
+            reason = "`PhysAddr` is `u32` without PHYS_ADDR_T_64BIT"
+        )
+    )]
+    #[cfg_attr(
+        not(CONFIG_PHYS_ADDR_T_64BIT),
+        expect(
+            clippy::cast_lossless,
+            reason = "`PhysAddr` is `u64` with PHYS_ADDR_T_64BIT"
+        )
+    )]
+    fn start_u64(&self) -> u64 {
+        // CAST: `PhysAddr` is `u32` or `u64`, so widening is lossless.
+        self.paddr() as u64
+    }
+}
+
+impl AddrRange for DmaRange {
+    #[cfg_attr(
+        CONFIG_ARCH_DMA_ADDR_T_64BIT,
+        expect(
+            clippy::unnecessary_cast,
+            reason = "`DmaAddress` is `u32` without ARCH_DMA_ADDR_T_64BIT"
+        )
+    )]
+    #[cfg_attr(
+        not(CONFIG_ARCH_DMA_ADDR_T_64BIT),
+        expect(
+            clippy::cast_lossless,
+            reason = "`DmaAddress` is `u64` with ARCH_DMA_ADDR_T_64BIT"
+        )
+    )]
+    fn start_u64(&self) -> u64 {
+        // CAST: `DmaAddress` is `u32` or `u64`, so widening is lossless.
+        self.addr as u64
+    }
+}
+
+mod private {
+    /// The operations [`Split`](super::Split) needs, out of reach of other crates because a
+    /// wrong size breaks the ranges' invariants.
+    pub trait Sealed: Sized {
+        /// Returns the size of the range in bytes.
+        fn size(&self) -> usize;
+
+        /// Returns the first `size` bytes of the range; `size` must be in `1..=self.size()`.
+        fn head(&self, size: usize) -> Self;
+
+        /// Returns the range past its first `size` bytes; `size` must be in `1..self.size()`.
+        fn tail(&self, size: usize) -> Self;
+    }
+}
+
+impl private::Sealed for Phyr {
+    fn size(&self) -> usize {
+        self.0.len
+    }
+
+    fn head(&self, size: usize) -> Self {
+        Self::from_valid(self.paddr(), size)
+    }
+
+    fn tail(&self, size: usize) -> Self {
+        // CAST: `size` is less than the range's size, which fits in a `PhysAddr`.
+        Self::from_valid(self.paddr() + size as PhysAddr, self.size() - size)
+    }
+}
+
+impl private::Sealed for DmaRange {
+    fn size(&self) -> usize {
+        self.size
+    }
+
+    fn head(&self, size: usize) -> Self {
+        debug_assert!(size > 0 && size <= self.size);
+        // INVARIANT: a non-empty start of a valid range.
+        Self {
+            addr: self.addr,
+            size,
+        }
+    }
+
+    fn tail(&self, size: usize) -> Self {
+        debug_assert!(size > 0 && size < self.size);
+        // INVARIANT: a non-empty end of a valid range.
+        Self {
+            // CAST: `size` is less than the range's size, which fits in a `DmaAddress`.
+            addr: self.addr + size as DmaAddress,
+            size: self.size - size,
+        }
     }
 }
 
@@ -174,8 +350,8 @@ impl SegmentLimits {
     }
 
     /// Returns the size of the first segment of `range`.
-    fn first_segment(&self, range: &Phyr) -> usize {
-        let start = range.paddr_u64();
+    fn first_segment<R: AddrRange>(&self, range: &R) -> usize {
+        let start = range.start_u64();
         let to_boundary = ((start | self.boundary_mask) - start).saturating_add(1);
         let size = range.size().min(self.max_size);
         let size = usize::try_from(to_boundary).map_or(size, |to_boundary| size.min(to_boundary));
@@ -191,7 +367,7 @@ impl SegmentLimits {
     }
 }
 
-/// Iterator adaptor that cuts ranges into the segments a device takes; see
+/// Iterator adaptor that cuts ranges, physical or DMA, into the segments a device takes; see
 /// [`SegmentLimits`]. It never merges ranges.
 ///
 /// # Examples
@@ -210,13 +386,13 @@ impl SegmentLimits {
 /// assert_eq!(segments.next(), None);
 /// # Ok::<(), Error>(())
 /// ```
-pub struct Split<I> {
+pub struct Split<I, R> {
     ranges: I,
     limits: SegmentLimits,
-    rest: Option<Phyr>,
+    rest: Option<R>,
 }
 
-impl<I: Iterator<Item = Phyr>> Split<I> {
+impl<R: AddrRange, I: Iterator<Item = R>> Split<I, R> {
     /// Cuts the ranges of `ranges` into segments within `limits`.
     pub fn new(ranges: I, limits: SegmentLimits) -> Self {
         Self {
@@ -227,19 +403,17 @@ impl<I: Iterator<Item = Phyr>> Split<I> {
     }
 }
 
-impl<I: Iterator<Item = Phyr>> Iterator for Split<I> {
-    type Item = Phyr;
+impl<R: AddrRange, I: Iterator<Item = R>> Iterator for Split<I, R> {
+    type Item = R;
 
-    fn next(&mut self) -> Option<Phyr> {
+    fn next(&mut self) -> Option<R> {
         let range = self.rest.take().or_else(|| self.ranges.next())?;
         let size = self.limits.first_segment(&range);
         if size < range.size() {
-            // CAST: `size` is less than the range's size, which fits in a `PhysAddr`.
-            let rest_start = range.paddr() + size as PhysAddr;
-            self.rest = Some(Phyr::from_valid(rest_start, range.size() - size));
+            self.rest = Some(range.tail(size));
         }
-        // `first_segment()` returns a non-empty part of `range`.
-        Some(Phyr::from_valid(range.paddr(), size))
+        // `first_segment()` returns the size of a non-empty part of `range`.
+        Some(range.head(size))
     }
 }
 
@@ -389,6 +563,38 @@ mod tests {
         // Never merged, even when contiguous and small.
         let contiguous = [Phyr::new(0x1000, 0x10)?, Phyr::new(0x1010, 0x10)?];
         assert_eq!(split(&contiguous, pages)?[..], contiguous[..]);
+        Ok(())
+    }
+
+    #[test]
+    fn dma_range_checks_and_splits() -> Result {
+        // SAFETY: None of these ranges is given to a device.
+        unsafe {
+            assert_eq!(DmaRange::from_bus_address(0x1000, 0), Err(EINVAL));
+            assert_eq!(
+                DmaRange::from_bus_address(DmaAddress::MAX, 1),
+                Err(EOVERFLOW)
+            );
+            let top = DmaRange::from_bus_address(DmaAddress::MAX - 0xfff, 0xfff)?;
+            assert_eq!(top.end(), DmaAddress::MAX);
+
+            let limits = SegmentLimits::new(0x1000, 0xffff, 0x1000)?;
+            let range = DmaRange::from_bus_address(0xf800, 0x1900)?;
+            let mut segments = Split::new(core::iter::once(range), limits);
+            assert_eq!(
+                segments.next(),
+                Some(DmaRange::from_bus_address(0xf800, 0x800)?)
+            );
+            assert_eq!(
+                segments.next(),
+                Some(DmaRange::from_bus_address(0x1_0000, 0x1000)?)
+            );
+            assert_eq!(
+                segments.next(),
+                Some(DmaRange::from_bus_address(0x1_1000, 0x100)?)
+            );
+            assert_eq!(segments.next(), None);
+        }
         Ok(())
     }
 

@@ -18,7 +18,10 @@
 //! iteration. So a run of up to 2^22 pages costs 8 bytes, any other range 16 bytes, against 32
 //! bytes for a `struct scatterlist` entry on x86_64.
 
-use super::Phyr;
+use super::{
+    AddrRange,
+    Phyr, //
+};
 use crate::{
     alloc::{
         Flags,
@@ -94,7 +97,7 @@ enum Encoding {
 
 impl Encoding {
     fn of(range: &Phyr) -> Self {
-        let paddr = range.paddr_u64();
+        let paddr = range.start_u64();
         let size = u64::from_safe_cast(range.size());
         let aligned = (paddr | size) & (PAGE_BYTES - 1) == 0;
         // By the invariants of `Phyr`, `size` is non-zero and `paddr + size` does not overflow.
@@ -188,7 +191,7 @@ impl PhyrList {
     /// Encodes `range` at the end of the words; room for it must have been reserved.
     fn encode(&mut self, range: Phyr) {
         let encoding = Encoding::of(&range);
-        let mut paddr = range.paddr_u64();
+        let mut paddr = range.start_u64();
         let mut left = u64::from_safe_cast(range.size());
         let mut continuation = 0;
         // INVARIANT: the words appended are the encoding of `range`, a valid `Phyr`.

@@ -1,0 +1,260 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Physical ranges of pages and kernel buffers.
+//!
+//! [`PhyrSource`] appends the physical ranges of a piece of memory to a list of ranges. A list
+//! records addresses only: the memory must stay allocated for as long as its ranges are used.
+//!
+//! C headers: [`include/linux/mm.h`](srctree/include/linux/mm.h),
+//! [`include/linux/vmalloc.h`](srctree/include/linux/vmalloc.h)
+
+use super::{
+    list::PhyrPush,
+    Phyr, //
+};
+use crate::{
+    alloc::{
+        Flags,
+        KBox,
+        KVec,
+        VBox,
+        VVec, //
+    },
+    bindings,
+    io::PhysAddr,
+    page::{
+        Page,
+        PAGE_SHIFT,
+        PAGE_SIZE, //
+    },
+    prelude::*, //
+};
+use core::mem::size_of_val;
+
+/// Memory whose physical ranges can be listed.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{
+///     dma::phyr::{
+///         list::{
+///             PhyrList,
+///             PhyrRanges, //
+///         },
+///         source::PhyrSource, //
+///     },
+///     page::PAGE_SIZE,
+///     prelude::*,
+/// };
+///
+/// // A kmalloc'ed buffer is physically contiguous: one range.
+/// let buffer = KVec::from_elem(0u8, 3 * PAGE_SIZE, GFP_KERNEL)?;
+/// let mut list = PhyrList::new();
+/// buffer.append_ranges(&mut list, GFP_KERNEL)?;
+/// assert_eq!(list.ranges().count(), 1);
+/// assert_eq!(list.ranges().map(|range| range.size()).sum::<usize>(), 3 * PAGE_SIZE);
+/// # Ok::<(), Error>(())
+/// ```
+pub trait PhyrSource {
+    /// Appends the physical ranges of the memory, in the order of its bytes, to `list`, where
+    /// contiguous ranges coalesce. Memory of size zero has no range.
+    ///
+    /// On error ([`ENOMEM`]), `list` keeps the ranges appended before it.
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result;
+}
+
+impl PhyrSource for Page {
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
+        list.push(Phyr::new(self.phys_addr(), PAGE_SIZE)?, flags)
+    }
+}
+
+impl PhyrSource for [Page] {
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
+        self.iter()
+            .try_for_each(|page| page.append_ranges(list, flags))
+    }
+}
+
+/// Appends the range of the `size` bytes at `ptr`, which kmalloc allocated.
+fn append_kmalloc<L: PhyrPush>(list: &mut L, ptr: *const u8, size: usize, flags: Flags) -> Result {
+    if size == 0 {
+        return Ok(());
+    }
+    // SAFETY: `virt_to_phys()` only computes an address. `ptr` is a kmalloc'ed address, so in
+    // the kernel's direct mapping, where the allocation is physically contiguous.
+    let paddr = unsafe { bindings::virt_to_phys(ptr.cast_mut().cast()) };
+    list.push(Phyr::new(paddr, size)?, flags)
+}
+
+/// Appends the ranges of the `size` bytes at `ptr`, which vmalloc allocated, page by page.
+fn append_vmalloc<L: PhyrPush>(list: &mut L, ptr: *const u8, size: usize, flags: Flags) -> Result {
+    let mut offset = 0;
+    while offset < size {
+        let addr = ptr.wrapping_add(offset);
+        let in_page = addr.addr() % PAGE_SIZE;
+        let chunk = (PAGE_SIZE - in_page).min(size - offset);
+        // SAFETY: `addr` is inside a live vmalloc allocation, whose pages stay mapped.
+        let pfn = unsafe { bindings::vmalloc_to_pfn(addr.cast()) };
+        // CAST: the page frame number of a physical address fits in a `PhysAddr`, and so does
+        // an offset inside a page.
+        let paddr = (pfn as PhysAddr) << PAGE_SHIFT | in_page as PhysAddr;
+        list.push(Phyr::new(paddr, chunk)?, flags)?;
+        offset += chunk;
+    }
+    Ok(())
+}
+
+impl<T: ?Sized> PhyrSource for KBox<T> {
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
+        let data: &T = self;
+        append_kmalloc(list, (data as *const T).cast(), size_of_val(data), flags)
+    }
+}
+
+impl<T> PhyrSource for KVec<T> {
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
+        append_kmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags)
+    }
+}
+
+impl<T: ?Sized> PhyrSource for VBox<T> {
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
+        let data: &T = self;
+        append_vmalloc(list, (data as *const T).cast(), size_of_val(data), flags)
+    }
+}
+
+impl<T> PhyrSource for VVec<T> {
+    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
+        append_vmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags)
+    }
+}
+
+#[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
+#[kunit_tests(rust_kernel_dma_phyr_source)]
+mod tests {
+    use super::*;
+    use crate::dma::phyr::list::{
+        PhyrList,
+        PhyrRanges, //
+    };
+
+    /// Returns the bytes of physical memory in `ranges`, read through the pages' kernel mapping.
+    fn read_physical(ranges: impl Iterator<Item = Phyr>) -> Result<KVec<u8>> {
+        let mut bytes = KVec::new();
+        for range in ranges {
+            let mut paddr = range.paddr();
+            while paddr < range.end() {
+                // CAST: an offset inside a page, and a page frame number of a physical address.
+                let in_page = (paddr % PAGE_SIZE as PhysAddr) as usize;
+                let chunk = (PAGE_SIZE - in_page).min((range.end() - paddr) as usize);
+                // SAFETY: `paddr` is the address of RAM that the test owns, so its page frame
+                // has a `struct page`.
+                let page = unsafe { bindings::pfn_to_page((paddr >> PAGE_SHIFT) as usize) };
+                // SAFETY: `page` is a valid page of RAM; the mapping is undone below.
+                let vaddr = unsafe { bindings::kmap_local_page(page) };
+                // SAFETY: `vaddr` maps the whole page and `in_page + chunk <= PAGE_SIZE`.
+                let slice =
+                    unsafe { core::slice::from_raw_parts(vaddr.cast::<u8>().add(in_page), chunk) };
+                let pushed = bytes.extend_from_slice(slice, GFP_KERNEL);
+                // SAFETY: `vaddr` was mapped by `kmap_local_page()` above; `slice` is unused.
+                unsafe { bindings::kunmap_local(vaddr) };
+                pushed?;
+                paddr += chunk as PhysAddr;
+            }
+        }
+        Ok(bytes)
+    }
+
+    fn pattern(len: usize) -> impl Iterator<Item = u8> {
+        // CAST: truncation to a byte is the pattern.
+        (0..len).map(|i| (i * 7 + i / 251) as u8)
+    }
+
+    #[test]
+    fn pages() -> Result {
+        let pages = [
+            Page::alloc_page(GFP_KERNEL)?,
+            Page::alloc_page(GFP_KERNEL)?,
+            Page::alloc_page(GFP_KERNEL)?,
+        ];
+        let mut list = PhyrList::new();
+        pages.append_ranges(&mut list, GFP_KERNEL)?;
+
+        let mut model = KVec::<Phyr>::new();
+        for page in &pages {
+            model.push(Phyr::new(page.phys_addr(), PAGE_SIZE)?, GFP_KERNEL)?;
+        }
+        // The same ranges after coalescing, whatever the list's layout.
+        let mut single = KVec::<Phyr>::new();
+        pages.append_ranges(&mut single, GFP_KERNEL)?;
+        assert!(list.ranges().eq(single.ranges()));
+        assert_eq!(
+            list.ranges().map(|range| range.size()).sum::<usize>(),
+            3 * PAGE_SIZE
+        );
+        // Every page is covered by a range at its address.
+        for expected in model {
+            assert!(list
+                .ranges()
+                .any(|range| range.paddr() <= expected.paddr() && expected.end() <= range.end()));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn kmalloc_buffers() -> Result {
+        let mut vec = KVec::new();
+        for byte in pattern(3000) {
+            vec.push(byte, GFP_KERNEL)?;
+        }
+        let mut list = PhyrList::new();
+        vec.append_ranges(&mut list, GFP_KERNEL)?;
+        assert_eq!(list.ranges().count(), 1);
+        assert_eq!(read_physical(list.ranges())?[..], vec[..]);
+
+        let boxed = KBox::new([0x5au8; 100], GFP_KERNEL)?;
+        let mut ranges = KVec::<Phyr>::new();
+        boxed.append_ranges(&mut ranges, GFP_KERNEL)?;
+        assert_eq!(ranges.len(), 1);
+        assert_eq!(ranges[0].size(), 100);
+        assert_eq!(read_physical(ranges.ranges())?[..], boxed[..]);
+
+        // Empty buffers have no range.
+        let mut none = KVec::<Phyr>::new();
+        KVec::<u64>::new().append_ranges(&mut none, GFP_KERNEL)?;
+        KBox::new((), GFP_KERNEL)?.append_ranges(&mut none, GFP_KERNEL)?;
+        assert!(none.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn vmalloc_buffers() -> Result {
+        const SIZE: usize = 64 * PAGE_SIZE + 123;
+        let mut vec = VVec::with_capacity(SIZE, GFP_KERNEL)?;
+        for byte in pattern(SIZE) {
+            vec.push(byte, GFP_KERNEL)?;
+        }
+        let mut list = PhyrList::new();
+        vec.append_ranges(&mut list, GFP_KERNEL)?;
+        let mut model = KVec::<Phyr>::new();
+        vec.append_ranges(&mut model, GFP_KERNEL)?;
+        assert!(list.ranges().eq(model.ranges()));
+        assert!(list.ranges().count() <= 65);
+        assert_eq!(list.ranges().map(|range| range.size()).sum::<usize>(), SIZE);
+        // Ranges are never contiguous with the next one: they were coalesced.
+        assert!(list
+            .ranges()
+            .zip(list.ranges().skip(1))
+            .all(|(range, next)| range.end() != next.paddr()));
+        assert_eq!(read_physical(list.ranges())?[..], vec[..]);
+
+        let boxed = VBox::new([0xa5u8; 512], GFP_KERNEL)?;
+        let mut ranges = KVec::<Phyr>::new();
+        boxed.append_ranges(&mut ranges, GFP_KERNEL)?;
+        assert_eq!(read_physical(ranges.ranges())?[..], boxed[..]);
+        Ok(())
+    }
+}
