@@ -3,7 +3,8 @@
 # Exports the working tree's history as the patch series (git format-patch
 # plus a cover letter) into build/series, checks that it applies with
 # git am to the pristine base and gives the same tree, and runs
-# checkpatch.pl --strict on every patch. With BUILD_EACH=1, also builds
+# checkpatch.pl --strict on every patch (a file a patch adds must be covered
+# by a MAINTAINERS section instead of the patch touching MAINTAINERS). With BUILD_EACH=1, also builds
 # the kernel after each patch.
 . "$(dirname "$0")/lib.sh"
 

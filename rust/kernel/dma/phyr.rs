@@ -569,32 +569,17 @@ mod tests {
     #[test]
     fn dma_range_checks_and_splits() -> Result {
         // SAFETY: None of these ranges is given to a device.
-        unsafe {
-            assert_eq!(DmaRange::from_bus_address(0x1000, 0), Err(EINVAL));
-            assert_eq!(
-                DmaRange::from_bus_address(DmaAddress::MAX, 1),
-                Err(EOVERFLOW)
-            );
-            let top = DmaRange::from_bus_address(DmaAddress::MAX - 0xfff, 0xfff)?;
-            assert_eq!(top.end(), DmaAddress::MAX);
+        let bus = |addr, size| unsafe { DmaRange::from_bus_address(addr, size) };
+        assert_eq!(bus(0x1000, 0), Err(EINVAL));
+        assert_eq!(bus(DmaAddress::MAX, 1), Err(EOVERFLOW));
+        assert_eq!(bus(DmaAddress::MAX - 0xfff, 0xfff)?.end(), DmaAddress::MAX);
 
-            let limits = SegmentLimits::new(0x1000, 0xffff, 0x1000)?;
-            let range = DmaRange::from_bus_address(0xf800, 0x1900)?;
-            let mut segments = Split::new(core::iter::once(range), limits);
-            assert_eq!(
-                segments.next(),
-                Some(DmaRange::from_bus_address(0xf800, 0x800)?)
-            );
-            assert_eq!(
-                segments.next(),
-                Some(DmaRange::from_bus_address(0x1_0000, 0x1000)?)
-            );
-            assert_eq!(
-                segments.next(),
-                Some(DmaRange::from_bus_address(0x1_1000, 0x100)?)
-            );
-            assert_eq!(segments.next(), None);
-        }
+        let limits = SegmentLimits::new(0x1000, 0xffff, 0x1000)?;
+        let mut segments = Split::new(core::iter::once(bus(0xf800, 0x1900)?), limits);
+        assert_eq!(segments.next(), Some(bus(0xf800, 0x800)?));
+        assert_eq!(segments.next(), Some(bus(0x1_0000, 0x1000)?));
+        assert_eq!(segments.next(), Some(bus(0x1_1000, 0x100)?));
+        assert_eq!(segments.next(), None);
         Ok(())
     }
 

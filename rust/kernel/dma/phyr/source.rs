@@ -29,7 +29,10 @@ use crate::{
     },
     prelude::*, //
 };
-use core::mem::size_of_val;
+use core::{
+    mem::size_of_val,
+    ptr, //
+};
 
 /// Memory whose physical ranges can be listed.
 ///
@@ -109,7 +112,7 @@ fn append_vmalloc<L: PhyrPush>(list: &mut L, ptr: *const u8, size: usize, flags:
 impl<T: ?Sized> PhyrSource for KBox<T> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
         let data: &T = self;
-        append_kmalloc(list, (data as *const T).cast(), size_of_val(data), flags)
+        append_kmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags)
     }
 }
 
@@ -122,7 +125,7 @@ impl<T> PhyrSource for KVec<T> {
 impl<T: ?Sized> PhyrSource for VBox<T> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
         let data: &T = self;
-        append_vmalloc(list, (data as *const T).cast(), size_of_val(data), flags)
+        append_vmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags)
     }
 }
 

@@ -199,3 +199,34 @@ impl<L: PhyrPush + Default> Drop for UserPhyrs<L> {
         }
     }
 }
+
+#[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
+#[kunit_tests(rust_kernel_dma_phyr_user)]
+mod tests {
+    use super::*;
+
+    // Input rejected before any page is looked at; pinning real user memory is tested by the
+    // `pin_user` kselftest, from a process.
+    fn pin(addr: usize, len: usize, direction: DataDirection) -> Result {
+        UserPhyrs::<PhyrList>::pin(UserPtr::from_addr(addr), len, direction, GFP_KERNEL).map(drop)
+    }
+
+    #[test]
+    fn rejects_bad_input() {
+        assert_eq!(pin(0x10_0000, PAGE_SIZE, DataDirection::None), Err(EINVAL));
+        assert_eq!(pin(0x10_0000, 0, DataDirection::ToDevice), Err(EINVAL));
+        assert_eq!(
+            pin(
+                usize::MAX - PAGE_SIZE + 1,
+                PAGE_SIZE,
+                DataDirection::ToDevice
+            ),
+            Err(EINVAL)
+        );
+        // The last page would end past the top of the address space.
+        assert_eq!(
+            pin(usize::MAX - PAGE_SIZE + 1, 1, DataDirection::FromDevice),
+            Err(EFAULT)
+        );
+    }
+}

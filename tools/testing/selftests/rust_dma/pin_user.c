@@ -42,7 +42,7 @@ struct range {
 	__u64 len;
 };
 
-static unsigned long vmstat(const char *name)
+static unsigned long vmstat_value(const char *name)
 {
 	char key[64];
 	unsigned long value, found = -1UL;
@@ -144,8 +144,8 @@ FIXTURE_SETUP(pin)
 {
 	self->fd = open("/dev/rust-dma-pin", O_RDWR);
 	ASSERT_LE(0, self->fd) TH_LOG("/dev/rust-dma-pin: %s", strerror(errno));
-	self->acquired = vmstat("nr_foll_pin_acquired");
-	self->released = vmstat("nr_foll_pin_released");
+	self->acquired = vmstat_value("nr_foll_pin_acquired");
+	self->released = vmstat_value("nr_foll_pin_released");
 	ASSERT_NE(-1UL, self->acquired);
 	ASSERT_NE(-1UL, self->released);
 }
@@ -159,8 +159,8 @@ FIXTURE_TEARDOWN(pin)
 static unsigned long pins_since_start(struct __test_metadata *_metadata,
 				      FIXTURE_DATA(pin) *self)
 {
-	unsigned long acquired = vmstat("nr_foll_pin_acquired") - self->acquired;
-	unsigned long released = vmstat("nr_foll_pin_released") - self->released;
+	unsigned long acquired = vmstat_value("nr_foll_pin_acquired") - self->acquired;
+	unsigned long released = vmstat_value("nr_foll_pin_released") - self->released;
 
 	EXPECT_EQ(acquired, released);
 	return acquired;
@@ -305,13 +305,12 @@ TEST_F(pin, hole_after_first_batch)
 
 TEST_F(pin, bad_ranges)
 {
-	char *buf = map(PAGE, PROT_READ | PROT_WRITE);
-	char *unmapped = map(PAGE, PROT_READ | PROT_WRITE);
+	char *buf = map(2 * PAGE, PROT_READ | PROT_WRITE);
+	char *unmapped = buf + PAGE;
 
 	ASSERT_NE(NULL, buf);
-	ASSERT_NE(NULL, unmapped);
 	buf[0] = 1;
-	munmap(unmapped, PAGE);
+	ASSERT_EQ(0, munmap(unmapped, PAGE));
 	EXPECT_EQ(-EINVAL, pin(self->fd, buf, 0, 1, self->got, NULL));
 	EXPECT_EQ(-EINVAL, pin(self->fd, (void *)(UINTPTR_MAX - PAGE + 1), 2 * PAGE, 0,
 			       self->got, NULL));
@@ -320,6 +319,7 @@ TEST_F(pin, bad_ranges)
 			       self->got, NULL));
 	EXPECT_EQ(-EFAULT, pin(self->fd, (void *)(UINTPTR_MAX - PAGE + 1), PAGE - 1, 0,
 			       self->got, NULL));
+	EXPECT_EQ(0, pins_since_start(_metadata, self));
 	/* Far larger than the mapping: released after its page was pinned. */
 	EXPECT_EQ(-EFAULT, pin(self->fd, buf, 1UL << 46, 0, self->got, NULL));
 	EXPECT_EQ(1, pins_since_start(_metadata, self));
@@ -361,7 +361,7 @@ TEST_F(pin, out_of_memory)
 	ASSERT_LE(0, fail_nth);
 
 	for (nth = 1; ret == -ENOMEM && nth < 100; nth++) {
-		unsigned long before = vmstat("nr_foll_pin_acquired");
+		unsigned long before = vmstat_value("nr_foll_pin_acquired");
 
 		snprintf(value, sizeof(value), "%d", nth);
 		ASSERT_LT(0, pwrite(fail_nth, value, strlen(value), 0));
@@ -370,7 +370,7 @@ TEST_F(pin, out_of_memory)
 		ASSERT_TRUE(ret == 0 || ret == -ENOMEM) TH_LOG("allocation %d: %d", nth, ret);
 		if (ret == -ENOMEM) {
 			failures++;
-			late_failures += vmstat("nr_foll_pin_acquired") != before;
+			late_failures += vmstat_value("nr_foll_pin_acquired") != before;
 		}
 		pins_since_start(_metadata, self);
 	}
