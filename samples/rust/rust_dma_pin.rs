@@ -3,11 +3,13 @@
 //! Rust sample: pinning user memory as physical ranges for DMA.
 //!
 //! The misc device `/dev/rust-dma-pin` takes one ioctl, `RUST_DMA_PIN`, which pins a range of
-//! the caller's memory with [`UserPhyrs`], copies the physical ranges out and unpins. The
-//! kselftest `tools/testing/selftests/rust_dma/pin_user` drives it and checks the ranges against
+//! the caller's memory with [`UserPhyrs`], copies the physical ranges out and unpins. It
+//! requires `CAP_SYS_ADMIN`, since it reveals physical addresses. The kselftest
+//! `tools/testing/selftests/rust_dma/pin_user` drives it and checks the ranges against
 //! `/proc/self/pagemap`.
 
 use kernel::{
+    bindings,
     dma::{
         phyr::{
             list::PhyrRanges,
@@ -64,6 +66,8 @@ unsafe impl FromBytes for PinArgs {}
 // SAFETY: `PinArgs` has no padding, so all of its bytes are initialized.
 unsafe impl AsBytes for PinArgs {}
 
+kernel::static_assert!(core::mem::size_of::<PinArgs>() == 40);
+
 const RUST_DMA_PIN: u32 = _IOWR::<PinArgs>('|' as u32, 0x90);
 
 module! {
@@ -104,6 +108,12 @@ impl MiscDevice for RustDmaPin {
     fn ioctl(_device: &RustDmaPin, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         if cmd != RUST_DMA_PIN {
             return Err(ENOTTY);
+        }
+        // Physical addresses are privileged, as in `/proc/self/pagemap`.
+        // SAFETY: `capable()` may be called from any task context.
+        // CAST: `CAP_SYS_ADMIN` is a small capability number.
+        if !unsafe { bindings::capable(bindings::CAP_SYS_ADMIN as c_int) } {
+            return Err(EPERM);
         }
         let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();

@@ -66,9 +66,13 @@ impl Phyr {
     }
 
     /// Creates a range the caller knows to be valid, such as a part of a valid range.
-    pub(crate) fn from_valid(paddr: PhysAddr, size: usize) -> Self {
+    ///
+    /// # Safety
+    ///
+    /// `size` must be non-zero and `paddr + size` must not overflow [`PhysAddr`].
+    pub(crate) unsafe fn from_valid(paddr: PhysAddr, size: usize) -> Self {
         debug_assert!(Self::new(paddr, size).is_ok());
-        // INVARIANT: the caller guarantees a non-zero size and no overflow.
+        // INVARIANT: by the safety requirements.
         Self(bindings::phys_vec { paddr, len: size })
     }
 
@@ -216,14 +220,14 @@ impl AddrRange for Phyr {
         CONFIG_PHYS_ADDR_T_64BIT,
         expect(
             clippy::unnecessary_cast,
-            reason = "`PhysAddr` is `u32` without PHYS_ADDR_T_64BIT"
+            reason = "the cast widens `PhysAddr` where it is `u32`"
         )
     )]
     #[cfg_attr(
         not(CONFIG_PHYS_ADDR_T_64BIT),
         expect(
             clippy::cast_lossless,
-            reason = "`PhysAddr` is `u64` with PHYS_ADDR_T_64BIT"
+            reason = "`PhysAddr` is `u32` here, `u64` elsewhere"
         )
     )]
     fn start_u64(&self) -> u64 {
@@ -237,14 +241,14 @@ impl AddrRange for DmaRange {
         CONFIG_ARCH_DMA_ADDR_T_64BIT,
         expect(
             clippy::unnecessary_cast,
-            reason = "`DmaAddress` is `u32` without ARCH_DMA_ADDR_T_64BIT"
+            reason = "the cast widens `DmaAddress` where it is `u32`"
         )
     )]
     #[cfg_attr(
         not(CONFIG_ARCH_DMA_ADDR_T_64BIT),
         expect(
             clippy::cast_lossless,
-            reason = "`DmaAddress` is `u64` with ARCH_DMA_ADDR_T_64BIT"
+            reason = "`DmaAddress` is `u32` here, `u64` elsewhere"
         )
     )]
     fn start_u64(&self) -> u64 {
@@ -254,17 +258,24 @@ impl AddrRange for DmaRange {
 }
 
 mod private {
-    /// The operations [`Split`](super::Split) needs, out of reach of other crates because a
-    /// wrong size breaks the ranges' invariants.
+    /// The operations [`Split`](super::Split) needs, out of reach of other crates.
     pub trait Sealed: Sized {
         /// Returns the size of the range in bytes.
         fn size(&self) -> usize;
 
-        /// Returns the first `size` bytes of the range; `size` must be in `1..=self.size()`.
-        fn head(&self, size: usize) -> Self;
+        /// Returns the first `size` bytes of the range.
+        ///
+        /// # Safety
+        ///
+        /// `size` must be in `1..=self.size()`.
+        unsafe fn head(&self, size: usize) -> Self;
 
-        /// Returns the range past its first `size` bytes; `size` must be in `1..self.size()`.
-        fn tail(&self, size: usize) -> Self;
+        /// Returns the range past its first `size` bytes.
+        ///
+        /// # Safety
+        ///
+        /// `size` must be in `1..self.size()`.
+        unsafe fn tail(&self, size: usize) -> Self;
     }
 }
 
@@ -273,13 +284,16 @@ impl private::Sealed for Phyr {
         self.0.len
     }
 
-    fn head(&self, size: usize) -> Self {
-        Self::from_valid(self.paddr(), size)
+    unsafe fn head(&self, size: usize) -> Self {
+        // SAFETY: by the safety requirements, a non-empty start of a valid range.
+        unsafe { Self::from_valid(self.paddr(), size) }
     }
 
-    fn tail(&self, size: usize) -> Self {
+    unsafe fn tail(&self, size: usize) -> Self {
         // CAST: `size` is less than the range's size, which fits in a `PhysAddr`.
-        Self::from_valid(self.paddr() + size as PhysAddr, self.size() - size)
+        let paddr = self.paddr() + size as PhysAddr;
+        // SAFETY: by the safety requirements, a non-empty end of a valid range.
+        unsafe { Self::from_valid(paddr, self.size() - size) }
     }
 }
 
@@ -288,18 +302,18 @@ impl private::Sealed for DmaRange {
         self.size
     }
 
-    fn head(&self, size: usize) -> Self {
+    unsafe fn head(&self, size: usize) -> Self {
         debug_assert!(size > 0 && size <= self.size);
-        // INVARIANT: a non-empty start of a valid range.
+        // INVARIANT: by the safety requirements, a non-empty start of a valid range.
         Self {
             addr: self.addr,
             size,
         }
     }
 
-    fn tail(&self, size: usize) -> Self {
+    unsafe fn tail(&self, size: usize) -> Self {
         debug_assert!(size > 0 && size < self.size);
-        // INVARIANT: a non-empty end of a valid range.
+        // INVARIANT: by the safety requirements, a non-empty end of a valid range.
         Self {
             // CAST: `size` is less than the range's size, which fits in a `DmaAddress`.
             addr: self.addr + size as DmaAddress,
@@ -373,7 +387,11 @@ impl SegmentLimits {
 /// # Examples
 ///
 /// ```
-/// use kernel::dma::phyr::{Phyr, SegmentLimits, Split};
+/// use kernel::dma::phyr::{
+///     Phyr,
+///     SegmentLimits,
+///     Split, //
+/// };
 ///
 /// // 8 KiB segments that do not cross 16 KiB boundaries, cut on 4 KiB.
 /// let limits = SegmentLimits::new(0x2000, 0x3fff, 0x1000)?;
@@ -410,10 +428,12 @@ impl<R: AddrRange, I: Iterator<Item = R>> Iterator for Split<I, R> {
         let range = self.rest.take().or_else(|| self.ranges.next())?;
         let size = self.limits.first_segment(&range);
         if size < range.size() {
-            self.rest = Some(range.tail(size));
+            // SAFETY: `size` is non-zero, as `first_segment()` returns, and less than the
+            // range's size.
+            self.rest = Some(unsafe { range.tail(size) });
         }
-        // `first_segment()` returns the size of a non-empty part of `range`.
-        Some(range.head(size))
+        // SAFETY: `first_segment()` returns the size of a non-empty part of `range`.
+        Some(unsafe { range.head(size) })
     }
 }
 

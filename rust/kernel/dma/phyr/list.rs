@@ -137,7 +137,14 @@ impl Encoding {
 /// # Examples
 ///
 /// ```
-/// use kernel::dma::phyr::{list::{PhyrList, PhyrPush, PhyrRanges}, Phyr};
+/// use kernel::dma::phyr::{
+///     list::{
+///         PhyrList,
+///         PhyrPush,
+///         PhyrRanges, //
+///     },
+///     Phyr, //
+/// };
 ///
 /// let mut list = PhyrList::new();
 /// list.push(Phyr::new(0x1000, 0x1000)?, GFP_KERNEL)?;
@@ -300,7 +307,8 @@ impl<I: Iterator<Item = u64>> Iterator for Decoder<I> {
         }
         // CAST: by the type invariants of `PhyrList`, the entries encode a valid `Phyr`, whose
         // address is a `PhysAddr` and whose size is a `usize`.
-        Some(Phyr::from_valid(paddr as PhysAddr, size as usize))
+        // SAFETY: As above, `size` is non-zero and `paddr + size` does not overflow.
+        Some(unsafe { Phyr::from_valid(paddr as PhysAddr, size as usize) })
     }
 }
 

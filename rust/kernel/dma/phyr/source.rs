@@ -3,7 +3,9 @@
 //! Physical ranges of pages and kernel buffers.
 //!
 //! [`PhyrSource`] appends the physical ranges of a piece of memory to a list of ranges. A list
-//! records addresses only: the memory must stay allocated for as long as its ranges are used.
+//! records addresses only and borrows nothing: the memory must stay allocated, and not be
+//! accessed in ways that conflict with the device, for as long as its ranges are used, which a
+//! DMA mapping of them has to guarantee.
 //!
 //! C headers: [`include/linux/mm.h`](srctree/include/linux/mm.h),
 //! [`include/linux/vmalloc.h`](srctree/include/linux/vmalloc.h)
@@ -63,7 +65,8 @@ pub trait PhyrSource {
     /// Appends the physical ranges of the memory, in the order of its bytes, to `list`, where
     /// contiguous ranges coalesce. Memory of size zero has no range.
     ///
-    /// On error ([`ENOMEM`]), `list` keeps the ranges appended before it.
+    /// On error ([`ENOMEM`] when the list cannot grow), `list` keeps the ranges appended before
+    /// it.
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result;
 }
 
@@ -80,25 +83,45 @@ impl PhyrSource for [Page] {
     }
 }
 
-/// Appends the range of the `size` bytes at `ptr`, which kmalloc allocated.
-fn append_kmalloc<L: PhyrPush>(list: &mut L, ptr: *const u8, size: usize, flags: Flags) -> Result {
+/// Appends the range of the `size` bytes at `ptr`.
+///
+/// # Safety
+///
+/// If `size` is non-zero, `ptr..ptr + size` must be inside a live kmalloc allocation.
+unsafe fn append_kmalloc<L: PhyrPush>(
+    list: &mut L,
+    ptr: *const u8,
+    size: usize,
+    flags: Flags,
+) -> Result {
     if size == 0 {
         return Ok(());
     }
-    // SAFETY: `virt_to_phys()` only computes an address. `ptr` is a kmalloc'ed address, so in
-    // the kernel's direct mapping, where the allocation is physically contiguous.
+    // SAFETY: `virt_to_phys()` only computes an address. By the safety requirements, `ptr` is a
+    // kmalloc'ed address, so in the kernel's direct mapping, where the allocation is physically
+    // contiguous.
     let paddr = unsafe { bindings::virt_to_phys(ptr.cast_mut().cast()) };
     list.push(Phyr::new(paddr, size)?, flags)
 }
 
-/// Appends the ranges of the `size` bytes at `ptr`, which vmalloc allocated, page by page.
-fn append_vmalloc<L: PhyrPush>(list: &mut L, ptr: *const u8, size: usize, flags: Flags) -> Result {
+/// Appends the ranges of the `size` bytes at `ptr`, page by page.
+///
+/// # Safety
+///
+/// If `size` is non-zero, `ptr..ptr + size` must be inside a live vmalloc allocation.
+unsafe fn append_vmalloc<L: PhyrPush>(
+    list: &mut L,
+    ptr: *const u8,
+    size: usize,
+    flags: Flags,
+) -> Result {
     let mut offset = 0;
     while offset < size {
         let addr = ptr.wrapping_add(offset);
         let in_page = addr.addr() % PAGE_SIZE;
         let chunk = (PAGE_SIZE - in_page).min(size - offset);
-        // SAFETY: `addr` is inside a live vmalloc allocation, whose pages stay mapped.
+        // SAFETY: By the safety requirements, `addr` is inside a live vmalloc allocation, whose
+        // pages stay mapped.
         let pfn = unsafe { bindings::vmalloc_to_pfn(addr.cast()) };
         // CAST: the page frame number of a physical address fits in a `PhysAddr`, and so does
         // an offset inside a page.
@@ -112,26 +135,32 @@ fn append_vmalloc<L: PhyrPush>(list: &mut L, ptr: *const u8, size: usize, flags:
 impl<T: ?Sized> PhyrSource for KBox<T> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
         let data: &T = self;
-        append_kmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags)
+        // SAFETY: `data` is the contents of the box, which the allocator of its kind allocated.
+        unsafe { append_kmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags) }
     }
 }
 
 impl<T> PhyrSource for KVec<T> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
-        append_kmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags)
+        // SAFETY: The elements of the vector are in its buffer, which the allocator of its kind
+        // allocated.
+        unsafe { append_kmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags) }
     }
 }
 
 impl<T: ?Sized> PhyrSource for VBox<T> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
         let data: &T = self;
-        append_vmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags)
+        // SAFETY: `data` is the contents of the box, which the allocator of its kind allocated.
+        unsafe { append_vmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags) }
     }
 }
 
 impl<T> PhyrSource for VVec<T> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
-        append_vmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags)
+        // SAFETY: The elements of the vector are in its buffer, which the allocator of its kind
+        // allocated.
+        unsafe { append_vmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags) }
     }
 }
 

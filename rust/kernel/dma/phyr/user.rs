@@ -30,23 +30,31 @@ use crate::{
         PAGE_SIZE, //
     },
     prelude::*,
+    task::might_sleep,
     uaccess::UserPtr, //
 };
 
-/// Pages pinned by one call to `pin_user_pages_fast()`: a PMD's worth, so that the fast path
-/// handles a huge page of that size in one call.
-const BATCH_PAGES: usize = 1 << (bindings::PMD_SHIFT - bindings::PAGE_SHIFT);
+/// Pages pinned by one call to `pin_user_pages_fast()`: a page of page pointers, which is the
+/// number of pages a PMD maps, so that the fast path takes a PMD-sized huge page in one call.
+const BATCH_PAGES: usize = PAGE_SIZE / size_of::<*mut bindings::page>();
+
+/// Pages unpinned by one call to `unpin_user_page_range_dirty_lock()`, which needs their
+/// `struct page`s to be contiguous: a naturally aligned block of the largest buddy order is,
+/// in every memory model.
+const UNPIN_BLOCK_PAGES: usize = 1 << bindings::MAX_PAGE_ORDER;
 
 /// User memory pinned for DMA, as physical ranges.
 ///
-/// The ranges are kept in `L`, a [`PhyrList`] unless chosen otherwise, and the object can be
-/// used wherever [`PhyrRanges`] are taken.
+/// The ranges are kept in a [`PhyrList`], and the object can be used wherever [`PhyrRanges`]
+/// are taken. The pins are meant to be short-lived, as for direct I/O: the pages are pinned
+/// without `FOLL_LONGTERM`.
 ///
 /// # Invariants
 ///
-/// Every page that a range of `self.ranges` touches was pinned with `FOLL_PIN` once for that
-/// range, with `FOLL_WRITE` if `self.write`, and is unpinned only by dropping `self`. Ranges
-/// start and end on page boundaries except for the start of the first and the end of the last.
+/// Every page that a range of `self.ranges` touches was pinned with `FOLL_PIN`, with
+/// `FOLL_WRITE` if `self.write`, once for each time a range touches it, and is unpinned only by
+/// dropping `self`. Ranges start and end on page boundaries except for the start of the first
+/// and the end of the last, so no page is touched by two ranges.
 ///
 /// # Examples
 ///
@@ -65,28 +73,31 @@ const BATCH_PAGES: usize = 1 << (bindings::PMD_SHIFT - bindings::PAGE_SHIFT);
 ///
 /// fn count_ranges(buf: UserPtr, len: usize) -> Result<usize> {
 ///     // The device will write into the buffer: pin it for writing.
-///     let pinned: UserPhyrs = UserPhyrs::pin(buf, len, DataDirection::FromDevice, GFP_KERNEL)?;
+///     let pinned = UserPhyrs::pin(buf, len, DataDirection::FromDevice, GFP_KERNEL)?;
 ///     Ok(pinned.ranges().count())
 ///     // `pinned` is dropped here: the pages are marked dirty and unpinned.
 /// }
 /// ```
-pub struct UserPhyrs<L: PhyrPush + Default = PhyrList> {
-    ranges: L,
+pub struct UserPhyrs {
+    ranges: PhyrList,
     write: bool,
 }
 
-impl<L: PhyrPush + Default> UserPhyrs<L> {
+impl UserPhyrs {
     /// Pins the `len` bytes of the current process's memory at `start` for DMA in `direction`.
     ///
     /// The pages are pinned for writing unless the device only reads them
-    /// ([`DataDirection::ToDevice`]). `flags` are for the allocations of the range list.
+    /// ([`DataDirection::ToDevice`]). `flags` are for the allocations of the range list; the
+    /// call may sleep whatever they are.
     ///
     /// Returns [`EINVAL`] if `len` is zero, if the range wraps around the address space or if
-    /// `direction` is [`DataDirection::None`], [`EFAULT`] if a part of the range is not user
-    /// memory, not mapped or not accessible as requested (a read-only mapping pinned for
-    /// writing) and [`ENOMEM`]
-    /// if memory runs out. On error, every page pinned so far is unpinned.
+    /// `direction` is [`DataDirection::None`]; [`EFAULT`] if the current task has no user
+    /// memory or a part of the range is not user memory, is not mapped or is not accessible as
+    /// requested (a read-only mapping pinned for writing); [`ENOMEM`] if memory runs out; or
+    /// another error of `pin_user_pages_fast()`, such as [`EINTR`] on a fatal signal. On error,
+    /// every page pinned so far is unpinned.
     pub fn pin(start: UserPtr, len: usize, direction: DataDirection, flags: Flags) -> Result<Self> {
+        might_sleep();
         let write = match direction {
             DataDirection::ToDevice => false,
             DataDirection::FromDevice | DataDirection::Bidirectional => true,
@@ -101,6 +112,16 @@ impl<L: PhyrPush + Default> UserPhyrs<L> {
             .checked_mul(PAGE_SIZE)
             .and_then(|size| first_page.checked_add(size))
             .ok_or(EFAULT)?;
+        // Kernel threads have no user memory; GUP expects the current task to have some. Asked of
+        // C, not of `CurrentTask::mm()`: with CONFIG_SCHEDSTATS=n, bindgen lays `task_struct` out
+        // differently from C and the Rust side reads `mm` at the wrong offset.
+        // SAFETY: The current task is valid while it runs.
+        let mm = unsafe { bindings::get_task_mm(bindings::get_current()) };
+        if mm.is_null() {
+            return Err(EFAULT);
+        }
+        // SAFETY: `get_task_mm()` took a reference to `mm`, which is dropped here.
+        unsafe { bindings::mmput(mm) };
         let gup_flags = if write { bindings::FOLL_WRITE } else { 0 };
 
         let mut batch =
@@ -108,15 +129,15 @@ impl<L: PhyrPush + Default> UserPhyrs<L> {
         // INVARIANT: no range yet. Returning early drops `pinned`, which unpins the ranges
         // recorded so far.
         let mut pinned = Self {
-            ranges: L::default(),
+            ranges: PhyrList::new(),
             write,
         };
         let mut page_addr = first_page;
         let mut pages_left = total_pages;
         while pages_left > 0 {
             let wanted = pages_left.min(BATCH_PAGES);
-            // SAFETY: `batch` has room for `wanted` page pointers. Bad user addresses make the
-            // call fail, never misbehave.
+            // SAFETY: `batch` has room for `wanted` page pointers, and the current task has
+            // user memory. An address that is not mapped user memory makes the call fail.
             let ret = unsafe {
                 bindings::pin_user_pages_fast(
                     page_addr,
@@ -126,26 +147,24 @@ impl<L: PhyrPush + Default> UserPhyrs<L> {
                     batch.as_mut_ptr(),
                 )
             };
-            // A zero return is a range that cannot be pinned without an error code.
-            let count = usize::try_from(ret)
-                .ok()
-                .filter(|&count| count > 0)
-                .ok_or(if ret < 0 {
-                    Error::from_errno(ret)
-                } else {
-                    EFAULT
-                })?;
-            // SAFETY: `pin_user_pages_fast()` stored `count` valid page pointers in `batch`.
-            let pages = unsafe { core::slice::from_raw_parts(batch.as_ptr(), count) };
-            for (i, &page) in pages.iter().enumerate() {
+            let count = match usize::try_from(ret) {
+                Ok(0) => return Err(EFAULT),
+                Ok(count) => count,
+                Err(_) => return Err(Error::from_errno(ret)),
+            };
+            for i in 0..count {
                 let lo = start.max(page_addr);
                 let hi = end.min(page_addr + PAGE_SIZE);
-                let recorded = pinned.record(page, lo - page_addr, hi - lo, flags);
+                // SAFETY: `pin_user_pages_fast()` stored `count` pinned pages in `batch`;
+                // `batch[i]` is pinned and not recorded yet, and holds the bytes
+                // `page_addr..page_addr + PAGE_SIZE` of the range to pin, of which `lo..hi`
+                // are in the range.
+                let recorded = unsafe {
+                    pinned.record(*batch.as_ptr().add(i), lo - page_addr, hi - lo, flags)
+                };
                 if let Err(e) = recorded {
-                    // SAFETY: `pages[i..]` are pinned and no range records them.
-                    unsafe {
-                        bindings::unpin_user_pages(pages[i..].as_ptr().cast_mut(), count - i)
-                    };
+                    // SAFETY: `batch[i..count]` are pinned pages that no range records.
+                    unsafe { bindings::unpin_user_pages(batch.as_mut_ptr().add(i), count - i) };
                     return Err(e);
                 }
                 page_addr += PAGE_SIZE;
@@ -155,47 +174,61 @@ impl<L: PhyrPush + Default> UserPhyrs<L> {
         Ok(pinned)
     }
 
-    /// Records the `size` bytes at `offset` in the pinned `page` as the next range.
-    fn record(
+    /// Records the `size` bytes at `offset` in `page` as the next range.
+    ///
+    /// # Safety
+    ///
+    /// `page` must be pinned as the invariants of [`UserPhyrs`] describe and recorded by no
+    /// range, and hold the next bytes of the pinned memory after the ranges recorded so far:
+    /// `offset` is zero except for the first page, and `offset + size` is `PAGE_SIZE` except
+    /// for the last.
+    unsafe fn record(
         &mut self,
         page: *mut bindings::page,
         offset: usize,
         size: usize,
         flags: Flags,
     ) -> Result {
-        // SAFETY: `page` is a valid page, pinned by the caller.
+        // SAFETY: `page` is a valid page: it is pinned, by the safety requirements.
         let paddr = unsafe { bindings::page_to_phys(page) };
         // CAST: `offset` is less than `PAGE_SIZE`.
         let range = Phyr::new(paddr + offset as PhysAddr, size)?;
-        // INVARIANT: `page` is pinned once for this range, which touches no other page;
-        // `offset` is non-zero only for the first range, `offset + size` is less than
-        // `PAGE_SIZE` only for the last.
+        // INVARIANT: `range` touches `page` only, pinned once and not recorded before, and
+        // starts or ends inside the page only for the first or the last page.
         self.ranges.push(range, flags)
     }
 }
 
-impl<L: PhyrPush + Default> PhyrRanges for UserPhyrs<L> {
+impl PhyrRanges for UserPhyrs {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
         self.ranges.ranges()
     }
 }
 
-impl<L: PhyrPush + Default> Drop for UserPhyrs<L> {
+/// Unpinning may sleep (it locks the pages to mark them dirty): drop [`UserPhyrs`] in process
+/// context.
+impl Drop for UserPhyrs {
     fn drop(&mut self) {
         for range in self.ranges.ranges() {
             // CAST: page frame numbers of physical addresses fit in an `unsigned long`.
-            let first = (range.paddr() >> PAGE_SHIFT) as usize;
-            let last = ((range.end() - 1) >> PAGE_SHIFT) as usize;
-            // SAFETY: by the type invariants, the pages of `range` are pinned, once each for
-            // this range, so they are valid pages; unpinning them hands the pins back, marking
-            // the pages dirty if they were pinned for the device to write.
-            unsafe {
-                bindings::unpin_user_page_range_dirty_lock(
-                    bindings::pfn_to_page(first),
-                    last - first + 1,
-                    self.write,
-                )
-            };
+            let mut pfn = (range.paddr() >> PAGE_SHIFT) as usize;
+            let end_pfn = ((range.end() - 1) >> PAGE_SHIFT) as usize + 1;
+            while pfn < end_pfn {
+                let pages = (UNPIN_BLOCK_PAGES - pfn % UNPIN_BLOCK_PAGES).min(end_pfn - pfn);
+                // SAFETY: by the type invariants, the pages of `range` are pinned, once for
+                // this range, so they are valid pages; `pfn..pfn + pages` stays inside an
+                // aligned block of the largest buddy order, whose `struct page`s are
+                // contiguous. Unpinning hands the pins back, marking the pages dirty if the
+                // device may have written them.
+                unsafe {
+                    bindings::unpin_user_page_range_dirty_lock(
+                        bindings::pfn_to_page(pfn),
+                        pages,
+                        self.write,
+                    )
+                };
+                pfn += pages;
+            }
         }
     }
 }
@@ -205,10 +238,10 @@ impl<L: PhyrPush + Default> Drop for UserPhyrs<L> {
 mod tests {
     use super::*;
 
-    // Input rejected before any page is looked at; pinning real user memory is tested by the
-    // `pin_user` kselftest, from a process.
+    // Input rejected before any page is looked at, and the test's kernel thread, which has no
+    // user memory; pinning real user memory is tested by the `pin_user` kselftest.
     fn pin(addr: usize, len: usize, direction: DataDirection) -> Result {
-        UserPhyrs::<PhyrList>::pin(UserPtr::from_addr(addr), len, direction, GFP_KERNEL).map(drop)
+        UserPhyrs::pin(UserPtr::from_addr(addr), len, direction, GFP_KERNEL).map(drop)
     }
 
     #[test]
@@ -226,6 +259,10 @@ mod tests {
         // The last page would end past the top of the address space.
         assert_eq!(
             pin(usize::MAX - PAGE_SIZE + 1, 1, DataDirection::FromDevice),
+            Err(EFAULT)
+        );
+        assert_eq!(
+            pin(0x10_0000, PAGE_SIZE, DataDirection::Bidirectional),
             Err(EFAULT)
         );
     }
