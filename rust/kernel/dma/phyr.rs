@@ -263,19 +263,12 @@ mod private {
         /// Returns the size of the range in bytes.
         fn size(&self) -> usize;
 
-        /// Returns the first `size` bytes of the range.
+        /// Returns the `size` bytes of the range that start `offset` bytes into it.
         ///
         /// # Safety
         ///
-        /// `size` must be in `1..=self.size()`.
-        unsafe fn head(&self, size: usize) -> Self;
-
-        /// Returns the range past its first `size` bytes.
-        ///
-        /// # Safety
-        ///
-        /// `size` must be in `1..self.size()`.
-        unsafe fn tail(&self, size: usize) -> Self;
+        /// `size` must be non-zero and `offset + size` at most `self.size()`.
+        unsafe fn part(&self, offset: usize, size: usize) -> Self;
     }
 }
 
@@ -284,16 +277,11 @@ impl private::Sealed for Phyr {
         self.0.len
     }
 
-    unsafe fn head(&self, size: usize) -> Self {
-        // SAFETY: by the safety requirements, a non-empty start of a valid range.
-        unsafe { Self::from_valid(self.paddr(), size) }
-    }
-
-    unsafe fn tail(&self, size: usize) -> Self {
-        // CAST: `size` is less than the range's size, which fits in a `PhysAddr`.
-        let paddr = self.paddr() + size as PhysAddr;
-        // SAFETY: by the safety requirements, a non-empty end of a valid range.
-        unsafe { Self::from_valid(paddr, self.size() - size) }
+    unsafe fn part(&self, offset: usize, size: usize) -> Self {
+        // CAST: `offset` is less than the range's size, which fits in a `PhysAddr`.
+        let paddr = self.paddr() + offset as PhysAddr;
+        // SAFETY: by the safety requirements, a non-empty part of a valid range.
+        unsafe { Self::from_valid(paddr, size) }
     }
 }
 
@@ -302,22 +290,13 @@ impl private::Sealed for DmaRange {
         self.size
     }
 
-    unsafe fn head(&self, size: usize) -> Self {
-        debug_assert!(size > 0 && size <= self.size);
-        // INVARIANT: by the safety requirements, a non-empty start of a valid range.
+    unsafe fn part(&self, offset: usize, size: usize) -> Self {
+        debug_assert!(size > 0 && offset.checked_add(size).is_some_and(|end| end <= self.size));
+        // INVARIANT: by the safety requirements, a non-empty part of a valid range.
         Self {
-            addr: self.addr,
+            // CAST: `offset` is less than the range's size, which fits in a `DmaAddress`.
+            addr: self.addr + offset as DmaAddress,
             size,
-        }
-    }
-
-    unsafe fn tail(&self, size: usize) -> Self {
-        debug_assert!(size > 0 && size < self.size);
-        // INVARIANT: by the safety requirements, a non-empty end of a valid range.
-        Self {
-            // CAST: `size` is less than the range's size, which fits in a `DmaAddress`.
-            addr: self.addr + size as DmaAddress,
-            size: self.size - size,
         }
     }
 }
@@ -428,12 +407,12 @@ impl<R: AddrRange, I: Iterator<Item = R>> Iterator for Split<I, R> {
         let range = self.rest.take().or_else(|| self.ranges.next())?;
         let size = self.limits.first_segment(&range);
         if size < range.size() {
-            // SAFETY: `size` is non-zero, as `first_segment()` returns, and less than the
-            // range's size.
-            self.rest = Some(unsafe { range.tail(size) });
+            // SAFETY: `first_segment()` returns a non-zero size, less than the range's here, so
+            // the rest is a non-empty part of `range`.
+            self.rest = Some(unsafe { range.part(size, range.size() - size) });
         }
         // SAFETY: `first_segment()` returns the size of a non-empty part of `range`.
-        Some(unsafe { range.head(size) })
+        Some(unsafe { range.part(0, size) })
     }
 }
 

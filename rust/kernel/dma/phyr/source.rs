@@ -8,6 +8,7 @@
 //! DMA mapping of them has to guarantee.
 //!
 //! C headers: [`include/linux/mm.h`](srctree/include/linux/mm.h),
+//! [`include/linux/slab.h`](srctree/include/linux/slab.h),
 //! [`include/linux/vmalloc.h`](srctree/include/linux/vmalloc.h)
 
 use super::{
@@ -16,11 +17,15 @@ use super::{
 };
 use crate::{
     alloc::{
+        allocator::{
+            KVmalloc,
+            Kmalloc,
+            Vmalloc, //
+        },
+        Allocator,
+        Box,
         Flags,
-        KBox,
-        KVec,
-        VBox,
-        VVec, //
+        Vec, //
     },
     bindings,
     io::PhysAddr,
@@ -83,12 +88,30 @@ impl PhyrSource for [Page] {
     }
 }
 
-/// Appends the range of the `size` bytes at `ptr`.
+/// Allocators whose memory [`PhyrSource`] lists: [`Kmalloc`] (physically contiguous, one range),
+/// [`Vmalloc`] (page by page) and [`KVmalloc`] (either). Sealed.
+pub trait KernelAllocator: Allocator + private::Sealed {}
+
+impl KernelAllocator for Kmalloc {}
+impl KernelAllocator for Vmalloc {}
+impl KernelAllocator for KVmalloc {}
+
+mod private {
+    pub trait Sealed {}
+
+    impl Sealed for super::Kmalloc {}
+    impl Sealed for super::Vmalloc {}
+    impl Sealed for super::KVmalloc {}
+}
+
+/// Appends the ranges of the `size` bytes at `ptr`: one range for kmalloc memory, which is
+/// physically contiguous, page by page for vmalloc memory.
 ///
 /// # Safety
 ///
-/// If `size` is non-zero, `ptr..ptr + size` must be inside a live kmalloc allocation.
-unsafe fn append_kmalloc<L: PhyrPush>(
+/// If `size` is non-zero, `ptr..ptr + size` must be inside a live allocation of a
+/// [`KernelAllocator`].
+unsafe fn append_allocation<L: PhyrPush>(
     list: &mut L,
     ptr: *const u8,
     size: usize,
@@ -97,24 +120,14 @@ unsafe fn append_kmalloc<L: PhyrPush>(
     if size == 0 {
         return Ok(());
     }
-    // SAFETY: `virt_to_phys()` only computes an address. By the safety requirements, `ptr` is a
-    // kmalloc'ed address, so in the kernel's direct mapping, where the allocation is physically
-    // contiguous.
-    let paddr = unsafe { bindings::virt_to_phys(ptr.cast_mut().cast()) };
-    list.push(Phyr::new(paddr, size)?, flags)
-}
-
-/// Appends the ranges of the `size` bytes at `ptr`, page by page.
-///
-/// # Safety
-///
-/// If `size` is non-zero, `ptr..ptr + size` must be inside a live vmalloc allocation.
-unsafe fn append_vmalloc<L: PhyrPush>(
-    list: &mut L,
-    ptr: *const u8,
-    size: usize,
-    flags: Flags,
-) -> Result {
+    // SAFETY: `is_vmalloc_addr()` only compares an address with the vmalloc area.
+    if !unsafe { bindings::is_vmalloc_addr(ptr.cast()) } {
+        // SAFETY: `virt_to_phys()` only computes an address. By the safety requirements, `ptr`
+        // is then a kmalloc'ed address, in the kernel's direct mapping, where the allocation is
+        // physically contiguous.
+        let paddr = unsafe { bindings::virt_to_phys(ptr.cast_mut().cast()) };
+        return list.push(Phyr::new(paddr, size)?, flags);
+    }
     let mut offset = 0;
     while offset < size {
         let addr = ptr.wrapping_add(offset);
@@ -132,35 +145,18 @@ unsafe fn append_vmalloc<L: PhyrPush>(
     Ok(())
 }
 
-impl<T: ?Sized> PhyrSource for KBox<T> {
+impl<T: ?Sized, A: KernelAllocator> PhyrSource for Box<T, A> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
         let data: &T = self;
-        // SAFETY: `data` is the contents of the box, which the allocator of its kind allocated.
-        unsafe { append_kmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags) }
+        // SAFETY: `data` is the contents of the box, allocated by `A`.
+        unsafe { append_allocation(list, ptr::from_ref(data).cast(), size_of_val(data), flags) }
     }
 }
 
-impl<T> PhyrSource for KVec<T> {
+impl<T, A: KernelAllocator> PhyrSource for Vec<T, A> {
     fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
-        // SAFETY: The elements of the vector are in its buffer, which the allocator of its kind
-        // allocated.
-        unsafe { append_kmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags) }
-    }
-}
-
-impl<T: ?Sized> PhyrSource for VBox<T> {
-    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
-        let data: &T = self;
-        // SAFETY: `data` is the contents of the box, which the allocator of its kind allocated.
-        unsafe { append_vmalloc(list, ptr::from_ref(data).cast(), size_of_val(data), flags) }
-    }
-}
-
-impl<T> PhyrSource for VVec<T> {
-    fn append_ranges<L: PhyrPush>(&self, list: &mut L, flags: Flags) -> Result {
-        // SAFETY: The elements of the vector are in its buffer, which the allocator of its kind
-        // allocated.
-        unsafe { append_vmalloc(list, self.as_ptr().cast(), size_of_val(&self[..]), flags) }
+        // SAFETY: The elements of the vector are in its buffer, allocated by `A`.
+        unsafe { append_allocation(list, self.as_ptr().cast(), size_of_val(&self[..]), flags) }
     }
 }
 
@@ -287,6 +283,15 @@ mod tests {
         let mut ranges = KVec::<Phyr>::new();
         boxed.append_ranges(&mut ranges, GFP_KERNEL)?;
         assert_eq!(read_physical(ranges.ranges())?[..], boxed[..]);
+
+        // kvmalloc memory, whichever allocator served it.
+        let mut kvvec = KVVec::new();
+        for byte in pattern(SIZE) {
+            kvvec.push(byte, GFP_KERNEL)?;
+        }
+        let mut ranges = KVec::<Phyr>::new();
+        kvvec.append_ranges(&mut ranges, GFP_KERNEL)?;
+        assert_eq!(read_physical(ranges.ranges())?[..], kvvec[..]);
         Ok(())
     }
 }
