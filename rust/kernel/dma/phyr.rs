@@ -52,16 +52,9 @@ impl Phyr {
     /// Returns [`EINVAL`] if `size` is zero and [`EOVERFLOW`] if `paddr + size` exceeds
     /// [`PhysAddr::MAX`]: the byte at `PhysAddr::MAX` cannot be part of a range.
     pub fn new(paddr: PhysAddr, size: usize) -> Result<Self> {
-        if size == 0 {
-            return Err(EINVAL);
-        }
-        PhysAddr::try_from(size)
-            .ok()
-            .and_then(|size| paddr.checked_add(size))
-            .ok_or(EOVERFLOW)?;
-
+        check_range(widen(paddr), size, widen(PhysAddr::MAX))?;
         // INVARIANT: `size` is non-zero, fits in a `PhysAddr` and `paddr + size` does not
-        // overflow, all checked above.
+        // overflow, as checked.
         Ok(Self(bindings::phys_vec { paddr, len: size }))
     }
 
@@ -169,15 +162,9 @@ impl DmaRange {
     /// # Ok::<(), Error>(())
     /// ```
     pub unsafe fn from_bus_address(addr: DmaAddress, size: usize) -> Result<Self> {
-        if size == 0 {
-            return Err(EINVAL);
-        }
-        DmaAddress::try_from(size)
-            .ok()
-            .and_then(|size| addr.checked_add(size))
-            .ok_or(EOVERFLOW)?;
+        check_range(widen(addr), size, widen(DmaAddress::MAX))?;
         // INVARIANT: `size` is non-zero, fits in a `DmaAddress` and `addr + size` does not
-        // overflow, all checked above.
+        // overflow, as checked.
         Ok(Self { addr, size })
     }
 
@@ -216,44 +203,31 @@ pub trait AddrRange: Copy + private::Sealed {
 }
 
 impl AddrRange for Phyr {
-    #[cfg_attr(
-        CONFIG_PHYS_ADDR_T_64BIT,
-        expect(
-            clippy::unnecessary_cast,
-            reason = "the cast widens `PhysAddr` where it is `u32`"
-        )
-    )]
-    #[cfg_attr(
-        not(CONFIG_PHYS_ADDR_T_64BIT),
-        expect(
-            clippy::cast_lossless,
-            reason = "`PhysAddr` is `u32` here, `u64` elsewhere"
-        )
-    )]
     fn start_u64(&self) -> u64 {
-        // CAST: `PhysAddr` is `u32` or `u64`, so widening is lossless.
-        self.paddr() as u64
+        widen(self.paddr())
     }
 }
 
 impl AddrRange for DmaRange {
-    #[cfg_attr(
-        CONFIG_ARCH_DMA_ADDR_T_64BIT,
-        expect(
-            clippy::unnecessary_cast,
-            reason = "the cast widens `DmaAddress` where it is `u32`"
-        )
-    )]
-    #[cfg_attr(
-        not(CONFIG_ARCH_DMA_ADDR_T_64BIT),
-        expect(
-            clippy::cast_lossless,
-            reason = "`DmaAddress` is `u32` here, `u64` elsewhere"
-        )
-    )]
     fn start_u64(&self) -> u64 {
-        // CAST: `DmaAddress` is `u32` or `u64`, so widening is lossless.
-        self.addr as u64
+        widen(self.addr)
+    }
+}
+
+/// Widens an address to `u64`, whether its type is `u32` or `u64` in this configuration.
+fn widen<A: Into<u64>>(addr: A) -> u64 {
+    addr.into()
+}
+
+/// Returns [`EINVAL`] if `size` is zero and [`EOVERFLOW`] if `start + size` exceeds `max`, the
+/// largest address of the range's address type.
+fn check_range(start: u64, size: usize, max: u64) -> Result {
+    if size == 0 {
+        return Err(EINVAL);
+    }
+    match start.checked_add(u64::from_safe_cast(size)) {
+        Some(end) if end <= max => Ok(()),
+        _ => Err(EOVERFLOW),
     }
 }
 
