@@ -1,9 +1,9 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Runs the KUnit suites with kunit.py under QEMU, once per vIOMMU given
-# (default: vtd virtio), and records every test case and the kernel log
+# Runs the KUnit suites with kunit.py under QEMU, once per machine given
+# (default: all four), and records every test case and the kernel log
 # check of each boot.
-# Usage: kunit.sh [-f FILTER_GLOB] [vtd|virtio ...]
+# Usage: kunit.sh [-f FILTER_GLOB] [vtd|virtio|passthrough|swiotlb ...]
 . "$(dirname "$0")/lib.sh"
 
 filter=
@@ -11,26 +11,39 @@ if [ "${1:-}" = -f ]; then
 	filter=$2
 	shift 2
 fi
-[ $# -gt 0 ] || set -- vtd virtio
-for viommu in "$@"; do
-	viommu_qemu_args "$viommu" >/dev/null
+# The KUnit machines: vIOMMU, then kernel arguments, which include the DMA
+# path (rust_dma_kunit.path=) that the DMA mapping tests must see taken.
+kunit_machine() {
+	case $1 in
+	vtd) echo "vtd iommu.strict=1 rust_dma_kunit.path=iova" ;;
+	virtio) echo "virtio rust_dma_kunit.path=iova" ;;
+	passthrough) echo "vtd iommu.passthrough=1 rust_dma_kunit.path=direct" ;;
+	swiotlb) echo "none swiotlb=force rust_dma_kunit.path=bounce" ;;
+	*) die "unknown KUnit machine '$1' (vtd, virtio, passthrough or swiotlb)" ;;
+	esac
+}
+
+[ $# -gt 0 ] || set -- vtd virtio passthrough swiotlb
+for machine in "$@"; do
+	kunit_machine "$machine" >/dev/null
 done
 
 failed_before=$(count_failed)
-for viommu in "$@"; do
-	log "KUnit under QEMU q35 + $viommu vIOMMU"
-	json=$OUT/kunit-$viommu.json
-	console=$OUT/kunit-$viommu.console.log
+for machine in "$@"; do
+	read -r viommu args <<<"$(kunit_machine "$machine")"
+	log "KUnit under QEMU q35 + $viommu vIOMMU: $args"
+	json=$OUT/kunit-$machine.json
+	console=$OUT/kunit-$machine.console.log
 	mkdir -p "$OUT"
 	rm -f "$json" "$console" "$OBJ/test.log"
 	kunit_py exec --timeout=600 --json="$json" \
 		--qemu_args="$(viommu_qemu_args "$viommu") $TEST_DEVICE_ARGS" \
-		--kernel_args="$(viommu_kernel_args "$viommu")" ${filter:+"$filter"} \
-		2>&1 | tee "$OUT/kunit-$viommu.log" || true
-	if [ ! -s "$json" ] || ! python3 "$REPO/harness/kunit_results.py" "kunit/$viommu" "$json" >> "$RESULTS"; then
-		record FAIL "kunit/$viommu" "kunit.py produced no results (see $OUT/kunit-$viommu.log)"
+		--kernel_args="$(viommu_kernel_args "$viommu") $args" ${filter:+"$filter"} \
+		2>&1 | tee "$OUT/kunit-$machine.log" || true
+	if [ ! -s "$json" ] || ! python3 "$REPO/harness/kunit_results.py" "kunit/$machine" "$json" >> "$RESULTS"; then
+		record FAIL "kunit/$machine" "kunit.py produced no results (see $OUT/kunit-$machine.log)"
 	fi
 	cp "$OBJ/test.log" "$console" 2>/dev/null || true
-	check_kernel_log "kunit/$viommu/kernel_log" "$console"
+	check_kernel_log "kunit/$machine/kernel_log" "$console"
 done
 [ "$(count_failed)" = "$failed_before" ]

@@ -1,0 +1,651 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Streaming DMA mappings of whole range lists, one code path for every DMA backend.
+//!
+//! C header: [`include/linux/dma-mapping.h`](srctree/include/linux/dma-mapping.h)
+//!
+//! [`DmaMapping`] maps the physical ranges of memory it owns ([`DmaMemory`]) for a device and
+//! gives the driver the DMA ranges to program into the hardware. It picks the path by itself:
+//!
+//! - [`DmaPath::Iova`]: when the device sits behind an IOMMU with a translating DMA domain and
+//!   the ranges meet on IOVA granules, one IOVA allocation for the total size, every range
+//!   linked at its offset, and one IOTLB sync: the result is one contiguous DMA range;
+//! - otherwise range by range with `dma_map_phys()`: [`DmaPath::Direct`], [`DmaPath::Bounce`]
+//!   (swiotlb) or [`DmaPath::Iommu`], DMA-contiguous results coalesced, and the per-range DMA
+//!   addresses kept only when `dma_need_unmap()` says unmapping needs them.
+//!
+//! The mapping is undone exactly once: when it is dropped, or when the device is unbound,
+//! whichever comes first. The DMA ranges are only reachable through a bound device, so no safe
+//! code can use a DMA address after the unmap.
+
+use crate::{
+    alloc::Flags,
+    bindings,
+    device::{
+        Bound,
+        Device, //
+    },
+    devres::Devres,
+    dma::{
+        attrs,
+        iova::{
+            check_direction,
+            iova_granule, //
+        },
+        phyr::{
+            list::{
+                PhyrList,
+                PhyrRanges, //
+            },
+            source::PhyrSource,
+            user::UserPhyrs,
+            DmaRange,
+            Phyr,
+            SegmentLimits,
+            Split, //
+        },
+        Attrs,
+        DataDirection, //
+    },
+    error::to_result,
+    page::PAGE_SIZE,
+    prelude::*,
+    sync::aref::ARef,
+};
+use core::{
+    iter::Copied,
+    ops::{
+        Deref,
+        DerefMut, //
+    },
+    slice, //
+};
+
+/// Memory that a [`DmaMapping`] may own while the device accesses it.
+///
+/// # Safety
+///
+/// For as long as a value lives, the ranges that [`PhyrRanges::ranges`] yields are the same
+/// every time, and their memory stays valid and is not used for anything else than the value's
+/// own contents. If [`DmaMemory::MMIO`] is true, no range overlaps system RAM, otherwise every
+/// range is system RAM.
+pub unsafe trait DmaMemory: PhyrRanges + Send {
+    /// Whether the ranges are device memory (PCI peer-to-peer), mapped with `DMA_ATTR_MMIO`.
+    const MMIO: bool = false;
+}
+
+// SAFETY: The pages stay pinned, and the ranges unchanged, until `UserPhyrs` is dropped.
+unsafe impl DmaMemory for UserPhyrs {}
+
+/// A kernel buffer (a `Box` or `Vec` of a [`KernelAllocator`](super::phyr::source)) owned for
+/// DMA, with its physical ranges listed once.
+///
+/// It dereferences to the buffer's contents, never to the buffer itself, so that the memory
+/// cannot be reallocated while a device may access it.
+///
+/// # Invariants
+///
+/// `ranges` are the physical ranges of the contents of `buffer`.
+pub struct KernelBuffer<B> {
+    buffer: B,
+    ranges: PhyrList,
+}
+
+impl<B: PhyrSource + Deref> KernelBuffer<B> {
+    /// Takes `buffer` and lists its physical ranges.
+    pub fn new(buffer: B, flags: Flags) -> Result<Self> {
+        let mut ranges = PhyrList::new();
+        buffer.append_ranges(&mut ranges, flags)?;
+        // INVARIANT: `ranges` were just listed from `buffer`.
+        Ok(Self { buffer, ranges })
+    }
+
+    /// Returns the buffer.
+    pub fn into_inner(self) -> B {
+        self.buffer
+    }
+}
+
+impl<B: Deref> Deref for KernelBuffer<B> {
+    type Target = B::Target;
+
+    fn deref(&self) -> &B::Target {
+        &self.buffer
+    }
+}
+
+impl<B: DerefMut> DerefMut for KernelBuffer<B> {
+    fn deref_mut(&mut self) -> &mut B::Target {
+        &mut self.buffer
+    }
+}
+
+impl<B> PhyrRanges for KernelBuffer<B> {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        self.ranges.ranges()
+    }
+}
+
+// SAFETY: The contents of a `Box` or `Vec` stay in place while it is not reallocated, which
+// only `&mut` access to the `Box` or `Vec` itself could do; `KernelBuffer` never gives it out.
+// The ranges are listed once.
+unsafe impl<T: Send, A: super::phyr::source::KernelAllocator> DmaMemory
+    for KernelBuffer<Box<T, A>>
+{
+}
+
+// SAFETY: As for `Box` above.
+unsafe impl<T: Send, A: super::phyr::source::KernelAllocator> DmaMemory
+    for KernelBuffer<Vec<T, A>>
+{
+}
+
+/// Device memory, such as a PCI BAR of another device, for peer-to-peer DMA.
+///
+/// Mapped with `DMA_ATTR_MMIO`: never bounced through swiotlb, never mixed with RAM.
+///
+/// # Invariants
+///
+/// No range of `ranges` overlaps system RAM.
+pub struct MmioRanges {
+    ranges: PhyrList,
+}
+
+impl MmioRanges {
+    /// Takes the ranges of device memory in `ranges`.
+    ///
+    /// Returns [`EINVAL`] if a range overlaps system RAM.
+    ///
+    /// # Safety
+    ///
+    /// The device memory must stay valid (the device that owns it bound, the BAR assigned)
+    /// until the returned value is dropped.
+    pub unsafe fn new(ranges: PhyrList) -> Result<Self> {
+        for range in ranges.ranges() {
+            // SAFETY: `region_intersects()` only walks the resource tree.
+            let intersects = unsafe {
+                bindings::region_intersects(
+                    range.paddr(),
+                    range.size(),
+                    // CAST: resource flags and descriptors are small constants.
+                    bindings::IORESOURCE_SYSTEM_RAM as crate::ffi::c_ulong,
+                    bindings::IORES_DESC_NONE as crate::ffi::c_ulong,
+                )
+            };
+            if intersects != bindings::REGION_DISJOINT as i32 {
+                return Err(EINVAL);
+            }
+        }
+        // INVARIANT: no range overlaps system RAM.
+        Ok(Self { ranges })
+    }
+}
+
+impl PhyrRanges for MmioRanges {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        self.ranges.ranges()
+    }
+}
+
+// SAFETY: The caller of `MmioRanges::new` keeps the memory valid; no range is RAM (type
+// invariant).
+unsafe impl DmaMemory for MmioRanges {
+    const MMIO: bool = true;
+}
+
+/// The way a [`DmaMapping`] was made.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DmaPath {
+    /// One IOVA allocation with every range linked into it: one contiguous DMA range.
+    Iova,
+    /// Range by range through the IOMMU, because the ranges do not meet on IOVA granules.
+    Iommu,
+    /// Range by range, without translation (no IOMMU, or an identity domain).
+    Direct,
+    /// Range by range, with at least one range bounced through swiotlb.
+    Bounce,
+}
+
+/// The part of a mapping that the device may still access, torn down on drop or at unbind.
+///
+/// # Invariants
+///
+/// - If `iova` is `Some((state, size))`, `state` was allocated for `dev` and `size` bytes from
+///   its start are linked, with `direction` and `attrs`; `ranges` is that one range.
+/// - Otherwise every range of `units` is mapped by `dma_map_phys()` for `dev` with `direction`
+///   and `attrs`, and `ranges` are the same bytes, coalesced; `units` is empty only if
+///   `dma_need_unmap()` returned false after the mapping, and no unmap and no sync is needed.
+struct Mapped {
+    dev: ARef<Device>,
+    direction: DataDirection,
+    attrs: Attrs,
+    iova: Option<(bindings::dma_iova_state, usize)>,
+    ranges: KVec<DmaRange>,
+    units: KVec<DmaRange>,
+}
+
+impl Mapped {
+    /// Maps `source` for `dev`, by the IOVA path when possible, range by range otherwise.
+    fn new<S: DmaMemory>(
+        dev: &Device<Bound>,
+        source: &S,
+        direction: DataDirection,
+        attrs: Attrs,
+        flags: Flags,
+    ) -> Result<(Self, DmaPath)> {
+        let mut size = 0usize;
+        for range in source.ranges() {
+            size = size.checked_add(range.size()).ok_or(EOVERFLOW)?;
+        }
+        let first = source.ranges().next().ok_or(EINVAL)?;
+        let mut mapped = Self {
+            dev: dev.into(),
+            direction,
+            attrs,
+            iova: None,
+            ranges: KVec::with_capacity(1, flags)?,
+            units: KVec::new(),
+        };
+        if iova_granule(dev).is_some_and(|granule| meet_on(source, granule)) {
+            let mut state = bindings::dma_iova_state::default();
+            // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device` and `state`
+            // is a valid `struct dma_iova_state`, which the call initializes.
+            if unsafe {
+                bindings::dma_iova_try_alloc(dev.as_raw(), &mut state, first.paddr(), size)
+            } {
+                mapped.link_all(dev, source, state, size)?;
+                return Ok((mapped, DmaPath::Iova));
+            }
+            // A failed allocation leaves `state` behind here: the fallback never sees it.
+        }
+        // A single mapping is limited, e.g. to a swiotlb segment when bouncing.
+        // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
+        let max_size = unsafe { bindings::dma_max_mapping_size(dev.as_raw()) };
+        let limits = SegmentLimits::new(max_size, u64::MAX, PAGE_SIZE)?;
+        let count = Split::new(source.ranges(), limits).count();
+        mapped.units = KVec::with_capacity(count, flags)?;
+        mapped.ranges = KVec::with_capacity(count, flags)?;
+        let path = mapped.map_each(dev, Split::new(source.ranges(), limits))?;
+        if S::MMIO && path == DmaPath::Bounce {
+            return Err(EPERM);
+        }
+        // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
+        if !unsafe { bindings::dma_need_unmap(dev.as_raw()) } {
+            mapped.units = KVec::new();
+        }
+        Ok((mapped, path))
+    }
+
+    /// Links every range of `source` into `state`, a fresh allocation of `size` bytes, and makes
+    /// them visible to the device with one IOTLB sync. On error, undoes the links and frees the
+    /// allocation.
+    fn link_all<S: DmaMemory>(
+        &mut self,
+        dev: &Device<Bound>,
+        source: &S,
+        mut state: bindings::dma_iova_state,
+        size: usize,
+    ) -> Result {
+        let mut offset = 0;
+        let mut result = Ok(());
+        for range in source.ranges() {
+            // SAFETY: `state` was allocated for the bound `dev`, of `size` bytes; the ranges
+            // meet on IOVA granules and are linked one after the other, inside the allocation;
+            // the memory stays valid while `self` lives (`DmaMemory`, kept by `DmaMapping`).
+            result = to_result(unsafe {
+                bindings::dma_iova_link(
+                    dev.as_raw(),
+                    &mut state,
+                    range.paddr(),
+                    offset,
+                    range.size(),
+                    self.direction.into(),
+                    self.attrs.as_raw(),
+                )
+            });
+            if result.is_err() {
+                break;
+            }
+            offset += range.size();
+        }
+        if result.is_ok() {
+            // SAFETY: As above; `0..size` is linked.
+            result =
+                to_result(unsafe { bindings::dma_iova_sync(dev.as_raw(), &mut state, 0, size) });
+        }
+        if let Err(e) = result {
+            // SAFETY: `state` was allocated for the bound `dev`; `0..offset` is linked.
+            unsafe {
+                bindings::dma_iova_destroy(
+                    dev.as_raw(),
+                    &mut state,
+                    offset,
+                    self.direction.into(),
+                    self.attrs.as_raw(),
+                )
+            };
+            return Err(e);
+        }
+        // SAFETY: `state.addr..state.addr + size` is linked, and stays so until `self` is
+        // dropped.
+        let range = unsafe { DmaRange::from_bus_address(state.addr, size)? };
+        // INVARIANT: all of `size` is linked into `state`, and `ranges` is that one range.
+        self.ranges.push(range, GFP_ATOMIC)?;
+        self.iova = Some((state, size));
+        Ok(())
+    }
+
+    /// Maps every range of `ranges` with `dma_map_phys()`, into `units` and `ranges`, which have
+    /// room for all of them. What was mapped stays recorded on error, for `drop` to unmap.
+    fn map_each(
+        &mut self,
+        dev: &Device<Bound>,
+        ranges: impl Iterator<Item = Phyr>,
+    ) -> Result<DmaPath> {
+        let mut path = DmaPath::Direct;
+        for range in ranges {
+            // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`, the
+            // direction is valid, and the memory stays valid while `self` lives.
+            let addr = unsafe {
+                bindings::dma_map_phys(
+                    dev.as_raw(),
+                    range.paddr(),
+                    range.size(),
+                    self.direction.into(),
+                    self.attrs.as_raw(),
+                )
+            };
+            // SAFETY: As above.
+            if unsafe { bindings::dma_mapping_error(dev.as_raw(), addr) } != 0 {
+                return Err(ENOMEM);
+            }
+            // SAFETY: `addr` is the mapping of `range`, until it is unmapped in `drop`.
+            let unit = unsafe { DmaRange::from_bus_address(addr, range.size()) };
+            let unit = match unit {
+                Ok(unit) => unit,
+                Err(e) => {
+                    // SAFETY: `addr` was just mapped with these arguments.
+                    unsafe { self.unmap_one(addr, range.size()) };
+                    return Err(e);
+                }
+            };
+            // INVARIANT: the mapped range is recorded; `units` and `ranges` have room.
+            self.units.push(unit, GFP_ATOMIC)?;
+            match self.ranges.last_mut() {
+                Some(last) if last.end() == unit.dma_addr() => {
+                    // SAFETY: Two adjacent mapped ranges are one mapped range.
+                    *last = unsafe {
+                        DmaRange::from_bus_address(last.dma_addr(), last.size() + unit.size())?
+                    };
+                }
+                _ => self.ranges.push(unit, GFP_ATOMIC)?,
+            }
+            path = path.max_with(dev, range, addr);
+        }
+        Ok(path)
+    }
+
+    /// Unmaps one range mapped by `dma_map_phys()`.
+    ///
+    /// # Safety
+    ///
+    /// `addr` must be a live mapping of `size` bytes for `self.dev`, with `self.direction` and
+    /// `self.attrs`, and not be used afterwards.
+    unsafe fn unmap_one(&self, addr: u64, size: usize) {
+        // SAFETY: By the safety requirements.
+        unsafe {
+            bindings::dma_unmap_phys(
+                self.dev.as_raw(),
+                addr,
+                size,
+                self.direction.into(),
+                self.attrs.as_raw(),
+            )
+        }
+    }
+
+    /// Calls `sync` on the mapped units that `offset..offset + size` touches, clipped to it.
+    fn sync(
+        &self,
+        offset: usize,
+        size: usize,
+        sync: unsafe extern "C" fn(*mut bindings::device, u64, usize, bindings::dma_data_direction),
+    ) -> Result {
+        let end = offset.checked_add(size).ok_or(ERANGE)?;
+        let units = if self.units.is_empty() {
+            &self.ranges
+        } else {
+            &self.units
+        };
+        if size == 0 || end > units.iter().map(|unit| unit.size()).sum() {
+            return Err(ERANGE);
+        }
+        if let Some((state, _)) = &self.iova {
+            // Linking did the cache maintenance; later ownership changes only matter for a
+            // non-coherent device or where dma-iommu bounced parts of a range. DMA-API debug
+            // does not track IOVA links, so syncing what needs none would make it complain.
+            // SAFETY: `self.dev` is a valid `struct device`.
+            let coherent = unsafe { bindings::dev_is_dma_coherent(self.dev.as_raw()) };
+            // CAST: the flag is the top bit of the 64-bit size field.
+            if coherent && state.__size & bindings::DMA_IOVA_USE_SWIOTLB as u64 == 0 {
+                return Ok(());
+            }
+        }
+        let mut start = 0;
+        for unit in units.iter() {
+            let unit_end = start + unit.size();
+            if start < end && offset < unit_end {
+                let from = offset.max(start);
+                let to = end.min(unit_end);
+                // SAFETY: `unit` is mapped for `self.dev` (type invariant), which is bound while
+                // the caller holds `&Device<Bound>`; the synced bytes are inside it.
+                unsafe {
+                    sync(
+                        self.dev.as_raw(),
+                        unit.dma_addr() + (from - start) as u64,
+                        to - from,
+                        self.direction.into(),
+                    )
+                };
+            }
+            start = unit_end;
+        }
+        Ok(())
+    }
+}
+
+impl DmaPath {
+    /// Folds the path of one range mapped by `dma_map_phys()` into `self`: a bounced range makes
+    /// the mapping bounced, a translated one makes it go through the IOMMU.
+    fn max_with(self, dev: &Device<Bound>, range: Phyr, addr: u64) -> Self {
+        // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`; the functions
+        // only compute addresses and look them up in the swiotlb pools.
+        let (bounced, direct) = unsafe {
+            (
+                !bindings::swiotlb_find_pool(
+                    dev.as_raw(),
+                    bindings::dma_to_phys(dev.as_raw(), addr),
+                )
+                .is_null(),
+                bindings::phys_to_dma(dev.as_raw(), range.paddr()) == addr,
+            )
+        };
+        match (self, bounced, direct) {
+            (_, true, _) | (DmaPath::Bounce, _, _) => DmaPath::Bounce,
+            (_, false, false) | (DmaPath::Iommu, _, _) => DmaPath::Iommu,
+            _ => DmaPath::Direct,
+        }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        if let Some((mut state, size)) = self.iova {
+            // SAFETY: `state` was allocated for `self.dev` with `0..size` linked (type
+            // invariant); the device is bound until the devres callbacks have run.
+            unsafe {
+                bindings::dma_iova_destroy(
+                    self.dev.as_raw(),
+                    &mut state,
+                    size,
+                    self.direction.into(),
+                    self.attrs.as_raw(),
+                )
+            };
+            return;
+        }
+        for unit in self.units.iter() {
+            // SAFETY: Every unit is a live mapping (type invariant), unmapped only here.
+            unsafe { self.unmap_one(unit.dma_addr(), unit.size()) };
+        }
+    }
+}
+
+/// Whether the ranges of `source` can be linked one after the other into one IOVA range: every
+/// range but the first starts on a granule and every range but the last ends on one.
+fn meet_on<S: PhyrRanges>(source: &S, granule: usize) -> bool {
+    let granule = granule as bindings::phys_addr_t;
+    let mut ranges = source.ranges().peekable();
+    let mut first = true;
+    while let Some(range) = ranges.next() {
+        let starts = first || range.paddr() % granule == 0;
+        let ends = ranges.peek().is_none() || range.end() % granule == 0;
+        if !starts || !ends {
+            return false;
+        }
+        first = false;
+    }
+    true
+}
+
+/// The DMA mapping of memory that the mapping owns, for one device and one direction.
+///
+/// Dropping it unmaps the memory, then drops the memory; if the device is unbound first, the
+/// memory is unmapped at unbind. The DMA ranges are only reachable with a `&Device<Bound>` of
+/// the mapped device, so they cannot be used after the unmap.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::device::{Bound, Device};
+/// use kernel::dma::{map::{DmaMapping, KernelBuffer}, Attrs, DataDirection};
+///
+/// /// Maps a buffer for the device to read and returns the address and length of every DMA
+/// /// segment, whatever the DMA backend.
+/// fn map_for_device(dev: &Device<Bound>) -> Result<KVec<(u64, usize)>> {
+///     let buffer = KernelBuffer::new(VVec::from_elem(0x5au8, 3 * 4096, GFP_KERNEL)?,
+///                                    GFP_KERNEL)?;
+///     let mapping = DmaMapping::new(dev, buffer, DataDirection::ToDevice, Attrs::default(),
+///                                   GFP_KERNEL)?;
+///     let mut segments = KVec::new();
+///     for range in mapping.dma_ranges(dev)? {
+///         segments.push((range.dma_addr(), range.size()), GFP_KERNEL)?;
+///     }
+///     assert_eq!(segments.iter().map(|s| s.1).sum::<usize>(), 3 * 4096);
+///     Ok(segments)
+/// }
+/// ```
+pub struct DmaMapping<S: DmaMemory> {
+    // Drop order: unmap before the memory goes.
+    mapped: Devres<Mapped>,
+    source: S,
+    path: DmaPath,
+    size: usize,
+}
+
+impl<S: DmaMemory> DmaMapping<S> {
+    /// Maps `source` for `dev` in `direction`, with `attrs`.
+    ///
+    /// [`DmaMemory::MMIO`] memory is mapped with `DMA_ATTR_MMIO`; asking for it on RAM is an
+    /// error. Errors: [`EINVAL`] (no range, [`DataDirection::None`], `DMA_ATTR_MMIO` on RAM),
+    /// [`EOVERFLOW`] (more than `usize::MAX` bytes), [`EPERM`] (MMIO that would be bounced),
+    /// [`ENOMEM`] (no memory, no IOVA space or no mapping under the DMA mask). Nothing stays
+    /// mapped on error, and the memory is dropped.
+    pub fn new(
+        dev: &Device<Bound>,
+        source: S,
+        direction: DataDirection,
+        attrs: Attrs,
+        flags: Flags,
+    ) -> Result<Self> {
+        check_direction(direction)?;
+        let mmio = attrs::DMA_ATTR_MMIO;
+        if !S::MMIO && attrs.contains(mmio) {
+            return Err(EINVAL);
+        }
+        let attrs = if S::MMIO { attrs | mmio } else { attrs };
+        let (mapped, path) = Mapped::new(dev, &source, direction, attrs, flags)?;
+        let size = mapped.ranges.iter().map(|range| range.size()).sum();
+        Ok(Self {
+            mapped: Devres::new(dev, Ok::<_, Error>(mapped))?,
+            source,
+            path,
+            size,
+        })
+    }
+
+    /// Returns the DMA ranges, in the order of the memory's bytes, to program into `dev`.
+    ///
+    /// Returns [`EINVAL`] if `dev` is not the mapped device.
+    pub fn dma_ranges<'a>(&'a self, dev: &'a Device<Bound>) -> Result<&'a [DmaRange]> {
+        Ok(&self.mapped.access(dev)?.ranges)
+    }
+
+    /// Returns the DMA ranges cut into the segments that `limits` allow, for PRP lists or
+    /// scatter/gather descriptors.
+    pub fn segments<'a>(
+        &'a self,
+        dev: &'a Device<Bound>,
+        limits: SegmentLimits,
+    ) -> Result<Split<Copied<slice::Iter<'a, DmaRange>>, DmaRange>> {
+        Ok(Split::new(self.dma_ranges(dev)?.iter().copied(), limits))
+    }
+
+    /// Returns the path the mapping took.
+    pub fn path(&self) -> DmaPath {
+        self.path
+    }
+
+    /// Returns the number of bytes mapped.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Returns the mapped memory. Reading what the device wrote needs
+    /// [`DmaMapping::sync_for_cpu`] first.
+    pub fn memory(&self) -> &S {
+        &self.source
+    }
+
+    /// Gives the bytes `offset..offset + size` of the mapping to the CPU, after the device
+    /// wrote them: for devices that are not cache-coherent, and to copy swiotlb bounce buffers
+    /// back. `dma_iova_sync()` is an IOTLB sync and does neither.
+    ///
+    /// Returns [`ERANGE`] outside the mapping, [`EINVAL`] if `dev` is not the mapped device.
+    pub fn sync_for_cpu(&self, dev: &Device<Bound>, offset: usize, size: usize) -> Result {
+        self.mapped
+            .access(dev)?
+            .sync(offset, size, bindings::dma_sync_single_for_cpu)
+    }
+
+    /// Gives the bytes `offset..offset + size` of the mapping back to the device after the CPU
+    /// wrote them.
+    ///
+    /// Returns [`ERANGE`] outside the mapping, [`EINVAL`] if `dev` is not the mapped device.
+    pub fn sync_for_device(&self, dev: &Device<Bound>, offset: usize, size: usize) -> Result {
+        self.mapped
+            .access(dev)?
+            .sync(offset, size, bindings::dma_sync_single_for_device)
+    }
+}
+
+impl<S: DmaMemory + DerefMut> DmaMapping<S> {
+    /// Returns the mapped memory for the CPU to write; the device sees the writes after
+    /// [`DmaMapping::sync_for_device`].
+    pub fn memory_mut(&mut self) -> &mut S::Target {
+        &mut self.source
+    }
+}
+
+#[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
+mod tests;

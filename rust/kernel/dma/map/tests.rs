@@ -1,0 +1,863 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! KUnit tests of DMA mappings on a real device: QEMU's `edu` device, whose DMA engine copies
+//! between memory and a 4 KiB buffer inside the device, behind whatever IOMMU the machine has.
+//!
+//! The test registers a driver for the device; its probe runs the test body with the bound
+//! device. The body reports errors rather than asserting, since a KUnit assertion would end the
+//! test thread inside the driver core.
+//!
+//! The expected DMA path comes from the kernel command line (`rust_dma_kunit.path=iova`,
+//! `direct` or `bounce`), set by whoever boots the machine, independently of this code.
+
+use super::*;
+use crate::{
+    device::Core,
+    device_id::IdArray,
+    dma::{
+        iova::IovaSpace,
+        phyr::list::PhyrPush, //
+    },
+    driver,
+    io::Io,
+    page::{
+        Page,
+        PAGE_SIZE, //
+    },
+    pci,
+    sync::atomic::{
+        Acquire,
+        Atomic,
+        Release, //
+    },
+    time::{
+        delay::fsleep,
+        Delta, //
+    },
+};
+use core::ptr;
+
+const EDU_VENDOR: u16 = 0x1234;
+const EDU_DEVICE: u16 = 0x11e8;
+const EDU_BAR_SIZE: usize = 0x100;
+const EDU_DMA_SRC: usize = 0x80;
+const EDU_DMA_DST: usize = 0x88;
+const EDU_DMA_COUNT: usize = 0x90;
+const EDU_DMA_CMD: usize = 0x98;
+const EDU_DMA_RUN: u32 = 1;
+const EDU_DMA_TO_RAM: u32 = 2;
+/// The device address of the DMA buffer inside the device.
+const EDU_BUFFER: u32 = 0x40000;
+const EDU_BUFFER_SIZE: usize = 4096;
+
+/// The bound `edu` device and its registers.
+struct Edu<'a> {
+    dev: &'a Device<Bound>,
+    bar: pci::Bar<'a, EDU_BAR_SIZE>,
+    bar_start: bindings::resource_size_t,
+}
+
+impl Edu<'_> {
+    /// Copies `len` bytes between the device's buffer and the DMA address `addr`.
+    fn dma(&self, addr: u64, len: usize, to_ram: bool) -> Result {
+        if len > EDU_BUFFER_SIZE {
+            return Err(EINVAL);
+        }
+        // The PCI BAR takes 32-bit accesses, which set the whole 64-bit register.
+        let addr = u32::try_from(addr).map_err(|_| ERANGE)?;
+        let (src, dst) = if to_ram {
+            (EDU_BUFFER, addr)
+        } else {
+            (addr, EDU_BUFFER)
+        };
+        self.bar.write32(src, EDU_DMA_SRC);
+        self.bar.write32(dst, EDU_DMA_DST);
+        self.bar.write32(len as u32, EDU_DMA_COUNT);
+        let direction = if to_ram { EDU_DMA_TO_RAM } else { 0 };
+        self.bar.write32(EDU_DMA_RUN | direction, EDU_DMA_CMD);
+        // QEMU runs a transfer 100 ms (virtual time) after it is started.
+        for _ in 0..300 {
+            if self.bar.read32(EDU_DMA_CMD) & EDU_DMA_RUN == 0 {
+                return Ok(());
+            }
+            fsleep(Delta::from_millis(10));
+        }
+        Err(ETIMEDOUT)
+    }
+}
+
+/// What a test body leaves behind for the test after the device is unbound.
+struct Outcome {
+    body: fn(&Edu<'_>, &mut Outcome) -> Result,
+    result: Result,
+    /// Kept alive past unbind.
+    kept: Option<KBox<dyn Send>>,
+    /// DMA addresses that must not translate once the device is unbound.
+    dma_addrs: KVec<u64>,
+    dev: Option<ARef<Device>>,
+}
+
+/// The outcome of the test that is running, while its driver is registered.
+static OUTCOME: Atomic<*mut Outcome> = Atomic::new(ptr::null_mut());
+
+struct EduTest;
+
+// Not `pci_device_table!`: the kernel crate exports its statics, and a module alias is of no use
+// to a test driver. QEMU's `edu` device has the class code 0x00ff00; probe checks its IDs.
+static EDU_TABLE: IdArray<pci::DeviceId, (), 1> =
+    IdArray::new([(pci::DeviceId::from_class(0x00ff00, 0xffff00), &())]);
+
+impl pci::Driver for EduTest {
+    type IdInfo = ();
+    type Data<'bound> = ();
+    const ID_TABLE: pci::IdTable<Self::IdInfo> = &EDU_TABLE;
+
+    fn probe<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+        _info: Option<&'bound Self::IdInfo>,
+    ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
+        if pdev.vendor_id().as_raw() != EDU_VENDOR || pdev.device_id() != EDU_DEVICE {
+            return Err(ENODEV);
+        }
+        let outcome = OUTCOME.load(Acquire);
+        if outcome.is_null() {
+            return Err(ENODEV);
+        }
+        // SAFETY: `with_edu` keeps the outcome alive and untouched while the driver is
+        // registered, and probing runs in its thread.
+        let outcome = unsafe { &mut *outcome };
+        pdev.enable_device_mem()?;
+        pdev.set_master();
+        let edu = Edu {
+            dev: pdev.as_ref(),
+            bar: pdev.iomap_region_sized::<EDU_BAR_SIZE>(0, c"rust_dma_kunit")?,
+            bar_start: pdev.resource_start(0)?,
+        };
+        outcome.dev = Some(edu.dev.into());
+        outcome.result = (outcome.body)(&edu, outcome);
+        Ok(())
+    }
+}
+
+/// Binds the `edu` device, runs `body` with it, unbinds it, and returns what `body` returned.
+fn with_edu(outcome: &mut Outcome) -> Result {
+    outcome.result = Err(ENODEV);
+    OUTCOME.store(ptr::from_mut(outcome), Release);
+    let registration = KBox::pin_init(
+        driver::Registration::<pci::Adapter<EduTest>>::new(
+            c"rust_dma_kunit_edu",
+            crate::module::this_module::<crate::LocalModule>(),
+        ),
+        GFP_KERNEL,
+    );
+    drop(registration);
+    OUTCOME.store(ptr::null_mut(), Release);
+    if let Err(e) = outcome.result {
+        pr_err!("test body failed: {:?}\n", e);
+    }
+    outcome.result
+}
+
+fn run(body: fn(&Edu<'_>, &mut Outcome) -> Result) -> Result {
+    let mut outcome = Outcome {
+        body,
+        result: Err(ENODEV),
+        kept: None,
+        dma_addrs: KVec::new(),
+        dev: None,
+    };
+    with_edu(&mut outcome)?;
+    if expected_path() == Some(DmaPath::Iova) {
+        check_unmapped(&outcome)?;
+    }
+    Ok(())
+}
+
+/// Logs a failed check and fails the test body.
+fn check(ok: bool, what: &str) -> Result {
+    if !ok {
+        pr_err!("check failed: {}\n", what);
+        return Err(EBADE);
+    }
+    Ok(())
+}
+
+/// The DMA path the kernel command line says this machine must take.
+fn expected_path() -> Option<DmaPath> {
+    // SAFETY: `saved_command_line` is set up early at boot and never changes afterwards.
+    let line = unsafe { CStr::from_char_ptr(*ptr::addr_of!(bindings::saved_command_line)) };
+    let line = line.to_str().ok()?;
+    let value = line
+        .split(' ')
+        .find_map(|arg| arg.strip_prefix("rust_dma_kunit.path="))?;
+    match value {
+        "iova" => Some(DmaPath::Iova),
+        "direct" => Some(DmaPath::Direct),
+        "bounce" => Some(DmaPath::Bounce),
+        _ => None,
+    }
+}
+
+/// Memory of whole pages with ranges chosen by the test, possibly repeating a page.
+///
+/// # Invariants
+///
+/// Every range of `ranges` is inside one of `pages`.
+struct PageRanges {
+    pages: KVec<Page>,
+    ranges: PhyrList,
+}
+
+impl PageRanges {
+    /// Allocates `count` pages, fills page `i` with `pattern(i, offset)`, and lists them one
+    /// range per page.
+    fn new(count: usize) -> Result<Self> {
+        let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
+        let mut ranges = PhyrList::new();
+        let mut bytes = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
+        for index in 0..count {
+            let page = Page::alloc_page(GFP_KERNEL)?;
+            for (offset, byte) in bytes.iter_mut().enumerate() {
+                *byte = pattern(index * PAGE_SIZE + offset);
+            }
+            // SAFETY: `bytes` holds `PAGE_SIZE` bytes.
+            unsafe { page.write_raw(bytes.as_ptr(), 0, PAGE_SIZE)? };
+            ranges.push(Phyr::new(page.phys_addr(), PAGE_SIZE)?, GFP_KERNEL)?;
+            pages.push(page, GFP_KERNEL)?;
+        }
+        // INVARIANT: every range is one of the pages.
+        Ok(Self { pages, ranges })
+    }
+
+    /// Replaces the ranges with `ranges`, given as (page index, offset, size).
+    fn with_ranges(mut self, ranges: &[(usize, usize, usize)]) -> Result<Self> {
+        let mut list = PhyrList::new();
+        for &(index, offset, size) in ranges {
+            let page = self.pages.get(index).ok_or(EINVAL)?;
+            check(offset + size <= PAGE_SIZE, "range inside its page")?;
+            list.push(
+                Phyr::new(page.phys_addr() + offset as u64, size)?,
+                GFP_KERNEL,
+            )?;
+        }
+        // INVARIANT: every range is inside one of the pages, as checked above.
+        self.ranges = list;
+        Ok(self)
+    }
+
+    /// Reads the byte at `offset` into the concatenated ranges.
+    fn byte_at(&self, offset: usize) -> Result<u8> {
+        let mut start = 0;
+        for range in self.ranges.ranges() {
+            if offset < start + range.size() {
+                let paddr = range.paddr() + (offset - start) as u64;
+                let page = self
+                    .pages
+                    .iter()
+                    .find(|page| page.phys_addr() == paddr & !(PAGE_SIZE as u64 - 1))
+                    .ok_or(EINVAL)?;
+                let mut byte = 0u8;
+                // SAFETY: `byte` is one writable byte.
+                unsafe { page.read_raw(&mut byte, paddr as usize % PAGE_SIZE, 1)? };
+                return Ok(byte);
+            }
+            start += range.size();
+        }
+        Err(ERANGE)
+    }
+}
+
+impl PhyrRanges for PageRanges {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        self.ranges.ranges()
+    }
+}
+
+// SAFETY: Every range is inside a page owned by `self` (type invariant), and the list is only
+// replaced through `&mut self`, before any mapping borrows it.
+unsafe impl DmaMemory for PageRanges {}
+
+fn pattern(offset: usize) -> u8 {
+    // CAST: keep the low byte of a mix of the offset.
+    (offset.wrapping_mul(31) ^ (offset >> 9)) as u8
+}
+
+/// A zeroed vmalloc'ed buffer for the device to write into.
+fn sink(len: usize) -> Result<KernelBuffer<VVec<u8>>> {
+    KernelBuffer::new(VVec::from_elem(0u8, len, GFP_KERNEL)?, GFP_KERNEL)
+}
+
+/// Returns the DMA address of the byte at `offset` of a mapping and how many bytes from there
+/// are DMA-contiguous.
+fn dma_at(ranges: &[DmaRange], offset: usize) -> Result<(u64, usize)> {
+    let mut start = 0;
+    for range in ranges {
+        if offset < start + range.size() {
+            let inside = offset - start;
+            return Ok((range.dma_addr() + inside as u64, range.size() - inside));
+        }
+        start += range.size();
+    }
+    Err(ERANGE)
+}
+
+/// The IOMMU domain of `dev`, if it has one that translates.
+fn domain(dev: &Device) -> *mut bindings::iommu_domain {
+    // SAFETY: `dev.as_raw()` is a valid `struct device`.
+    unsafe { bindings::iommu_get_domain_for_dev(dev.as_raw()) }
+}
+
+fn iova_to_phys(dev: &Device, addr: u64) -> u64 {
+    let domain = domain(dev);
+    if domain.is_null() {
+        return 0;
+    }
+    // SAFETY: `domain` is the live domain of `dev`.
+    unsafe { bindings::iommu_iova_to_phys(domain, addr) }
+}
+
+/// Checks that the mapping took the expected path and that every page of every range reaches
+/// the right physical page: through the IOMMU's page table for a translated path, at the same
+/// address for the direct path, and inside swiotlb for the bounce path. Records the DMA
+/// addresses checked.
+fn check_mapping<S: DmaMemory>(
+    dev: &Device<Bound>,
+    mapping: &DmaMapping<S>,
+    outcome: &mut Outcome,
+) -> Result {
+    let expected = expected_path();
+    check(
+        expected.is_some(),
+        "rust_dma_kunit.path= on the command line",
+    )?;
+    let expected = expected.ok_or(EINVAL)?;
+    let path = mapping.path();
+    if expected == DmaPath::Iova {
+        check(
+            matches!(path, DmaPath::Iova | DmaPath::Iommu),
+            "translated path",
+        )?;
+    } else {
+        check(path == expected, "path of the machine")?;
+    }
+    let ranges = mapping.dma_ranges(dev)?;
+    let mut offset = 0;
+    for range in mapping.memory().ranges() {
+        let mut inside = 0;
+        while inside < range.size() {
+            let (addr, _) = dma_at(ranges, offset + inside)?;
+            let paddr = range.paddr() + inside as u64;
+            match path {
+                DmaPath::Iova | DmaPath::Iommu => check(
+                    iova_to_phys(dev, addr) == paddr,
+                    "IOVA translates to its page",
+                )?,
+                DmaPath::Direct => check(addr == paddr, "direct DMA address")?,
+                DmaPath::Bounce => check(addr != paddr, "bounced DMA address")?,
+            }
+            outcome.dma_addrs.push(addr, GFP_KERNEL)?;
+            let step = PAGE_SIZE - (paddr as usize % PAGE_SIZE);
+            inside += step.min(range.size() - inside);
+        }
+        offset += range.size();
+    }
+    check(offset == mapping.size(), "mapped size")
+}
+
+/// Checks that none of the recorded DMA addresses translates any more.
+fn check_unmapped(outcome: &Outcome) -> Result {
+    let dev = outcome.dev.as_ref().ok_or(ENODEV)?;
+    for &addr in outcome.dma_addrs.iter() {
+        check(iova_to_phys(dev, addr) == 0, "no translation after unmap")?;
+    }
+    Ok(())
+}
+
+/// Copies `len` bytes at `offset` of `src` through the device into `dst` at the same offset,
+/// and checks them.
+fn copy_through_device<S: DmaMemory>(
+    edu: &Edu<'_>,
+    src: &DmaMapping<S>,
+    src_byte: impl Fn(usize) -> Result<u8>,
+    dst: &DmaMapping<KernelBuffer<VVec<u8>>>,
+    offset: usize,
+    len: usize,
+) -> Result {
+    let (src_addr, src_len) = dma_at(src.dma_ranges(edu.dev)?, offset)?;
+    let (dst_addr, dst_len) = dma_at(dst.dma_ranges(edu.dev)?, offset)?;
+    let len = len.min(src_len).min(dst_len).min(EDU_BUFFER_SIZE);
+    src.sync_for_device(edu.dev, offset, len)?;
+    edu.dma(src_addr, len, false)?;
+    edu.dma(dst_addr, len, true)?;
+    if dst.path() == DmaPath::Bounce {
+        // The device wrote into the bounce buffer: the memory has not seen it yet.
+        check(
+            dst.memory()[offset..offset + len]
+                .iter()
+                .all(|&byte| byte == 0),
+            "bounced data stays in swiotlb until the sync",
+        )?;
+    }
+    dst.sync_for_cpu(edu.dev, offset, len)?;
+    for index in offset..offset + len {
+        check(
+            dst.memory()[index] == src_byte(index)?,
+            "data through the device",
+        )?;
+    }
+    Ok(())
+}
+
+/// Maps `memory` and a sink of the same size, checks both mappings, and copies the chunks at
+/// `offsets` through the device.
+fn map_and_copy(
+    edu: &Edu<'_>,
+    outcome: &mut Outcome,
+    memory: PageRanges,
+    offsets: &[usize],
+) -> Result {
+    let src = DmaMapping::new(
+        edu.dev,
+        memory,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    let dst = DmaMapping::new(
+        edu.dev,
+        sink(src.size())?,
+        DataDirection::FromDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &src, outcome)?;
+    check_mapping(edu.dev, &dst, outcome)?;
+    for &offset in offsets {
+        copy_through_device(
+            edu,
+            &src,
+            |at| src.memory().byte_at(at),
+            &dst,
+            offset,
+            PAGE_SIZE,
+        )?;
+    }
+    Ok(())
+}
+
+fn one_page(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    map_and_copy(edu, outcome, PageRanges::new(1)?, &[0])
+}
+
+fn unaligned_first_range(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    let memory = PageRanges::new(3)?.with_ranges(&[
+        (0, 100, PAGE_SIZE - 100),
+        (1, 0, PAGE_SIZE),
+        (2, 0, 500),
+    ])?;
+    map_and_copy(
+        edu,
+        outcome,
+        memory,
+        &[0, PAGE_SIZE - 100, 2 * PAGE_SIZE - 100],
+    )
+}
+
+fn scattered_pages(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    map_and_copy(
+        edu,
+        outcome,
+        PageRanges::new(512)?,
+        &[0, 255 * PAGE_SIZE, 511 * PAGE_SIZE],
+    )
+}
+
+fn huge_contiguous(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    const SIZE: usize = 2 << 20;
+    let mut buffer = KVec::with_capacity(SIZE, GFP_KERNEL)?;
+    for offset in 0..SIZE {
+        buffer.push(pattern(offset), GFP_KERNEL)?;
+    }
+    let buffer = KernelBuffer::new(buffer, GFP_KERNEL)?;
+    check(
+        buffer.ranges().count() == 1,
+        "kmalloc'ed memory is one range",
+    )?;
+    let src = DmaMapping::new(
+        edu.dev,
+        buffer,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    let dst = DmaMapping::new(
+        edu.dev,
+        sink(SIZE)?,
+        DataDirection::FromDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &src, outcome)?;
+    check_mapping(edu.dev, &dst, outcome)?;
+    if src.path() == DmaPath::Iova {
+        check(src.dma_ranges(edu.dev)?.len() == 1, "one DMA range")?;
+        check(
+            dst.dma_ranges(edu.dev)?.len() == 1,
+            "one DMA range for the vmalloc'ed sink",
+        )?;
+    }
+    for offset in [0, SIZE / 2 + 100, SIZE - PAGE_SIZE] {
+        copy_through_device(
+            edu,
+            &src,
+            |at| Ok(src.memory()[at]),
+            &dst,
+            offset,
+            PAGE_SIZE,
+        )?;
+    }
+    Ok(())
+}
+
+fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    // 4096 ranges: 16 MiB of single pages, more than one page of list chunks.
+    let mapping = DmaMapping::new(
+        edu.dev,
+        PageRanges::new(4096)?,
+        DataDirection::Bidirectional,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &mapping, outcome)?;
+    let segments = mapping.segments(edu.dev, SegmentLimits::new(EDU_BUFFER_SIZE, u64::MAX, 1)?)?;
+    check(
+        segments.count() >= mapping.size() / EDU_BUFFER_SIZE,
+        "segments of one page",
+    )
+}
+
+fn bad_requests(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
+    let empty = DmaMapping::new(
+        edu.dev,
+        sink(0)?,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    );
+    check(empty.err() == Some(EINVAL), "empty memory: EINVAL")?;
+    let none = DmaMapping::new(
+        edu.dev,
+        sink(16)?,
+        DataDirection::None,
+        Attrs::default(),
+        GFP_KERNEL,
+    );
+    check(none.err() == Some(EINVAL), "DataDirection::None: EINVAL")?;
+    let mmio_on_ram = DmaMapping::new(
+        edu.dev,
+        sink(16)?,
+        DataDirection::ToDevice,
+        attrs::DMA_ATTR_MMIO,
+        GFP_KERNEL,
+    );
+    check(
+        mmio_on_ram.err() == Some(EINVAL),
+        "DMA_ATTR_MMIO on RAM: EINVAL",
+    )?;
+    let mapping = DmaMapping::new(
+        edu.dev,
+        sink(100)?,
+        DataDirection::FromDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check(
+        mapping.sync_for_cpu(edu.dev, 50, 51) == Err(ERANGE),
+        "sync past the end: ERANGE",
+    )?;
+    check(
+        mapping.sync_for_cpu(edu.dev, 0, 0) == Err(ERANGE),
+        "empty sync: ERANGE",
+    )?;
+    check(
+        mapping.sync_for_cpu(edu.dev, 0, 100).is_ok(),
+        "sync of everything",
+    )
+}
+
+fn dma_mask(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    let result = mask_limits(edu, outcome);
+    set_mask(edu.dev, 64)?;
+    result
+}
+
+/// Every path honours a 32-bit mask; behind an IOMMU, a 24-bit mask leaves 16 MiB of IOVA space,
+/// which 20 MiB of mappings cannot fit in, and the failed attempt leaves nothing mapped.
+fn mask_limits(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    let repeat = |count: usize| -> Result<PageRanges> {
+        let memory = PageRanges::new(1)?;
+        let mut list = PhyrList::new();
+        for _ in 0..count {
+            list.push(
+                Phyr::new(memory.pages[0].phys_addr(), PAGE_SIZE)?,
+                GFP_KERNEL,
+            )?;
+        }
+        Ok(PageRanges {
+            pages: memory.pages,
+            ranges: list,
+        })
+    };
+    set_mask(edu.dev, 32)?;
+    let mapping = DmaMapping::new(
+        edu.dev,
+        PageRanges::new(64)?,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &mapping, outcome)?;
+    for range in mapping.dma_ranges(edu.dev)? {
+        check(range.end() <= 1 << 32, "DMA addresses under a 32-bit mask")?;
+    }
+    if expected_path() != Some(DmaPath::Iova) {
+        return Ok(());
+    }
+    set_mask(edu.dev, 24)?;
+    let too_big = DmaMapping::new(
+        edu.dev,
+        repeat(5 * 1024)?,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    );
+    check(
+        too_big.err() == Some(ENOMEM),
+        "more than the mask allows: ENOMEM",
+    )?;
+    let half = DmaMapping::new(
+        edu.dev,
+        repeat(2048)?,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &half, outcome)
+}
+
+fn set_mask(dev: &Device<Bound>, bits: u32) -> Result {
+    let mask = if bits == 64 {
+        u64::MAX
+    } else {
+        (1u64 << bits) - 1
+    };
+    // SAFETY: `dev` is bound; no other mapping of it is being made while the test body runs.
+    to_result(unsafe { bindings::dma_set_mask_and_coherent(dev.as_raw(), mask) })
+}
+
+fn unbind_while_mapped(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    let mapping = DmaMapping::new(
+        edu.dev,
+        PageRanges::new(16)?,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &mapping, outcome)?;
+    // The mapping outlives the binding: the unbind must unmap it.
+    let kept: KBox<dyn Send> = KBox::new(mapping, GFP_KERNEL)?;
+    outcome.kept = Some(kept);
+    Ok(())
+}
+
+fn mmio_peer(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    let mut ram = PhyrList::new();
+    let page = Page::alloc_page(GFP_KERNEL)?;
+    ram.push(Phyr::new(page.phys_addr(), PAGE_SIZE)?, GFP_KERNEL)?;
+    // SAFETY: The list is rejected; nothing is mapped.
+    check(
+        unsafe { MmioRanges::new(ram) }.err() == Some(EINVAL),
+        "RAM as MMIO: EINVAL",
+    )?;
+    let mut bar = PhyrList::new();
+    bar.push(Phyr::new(edu.bar_start, PAGE_SIZE)?, GFP_KERNEL)?;
+    // SAFETY: The BAR stays assigned while the device is bound, for all of the test body.
+    let bar = unsafe { MmioRanges::new(bar)? };
+    match DmaMapping::new(
+        edu.dev,
+        bar,
+        DataDirection::Bidirectional,
+        Attrs::default(),
+        GFP_KERNEL,
+    ) {
+        Ok(mapping) => {
+            check(mapping.path() != DmaPath::Bounce, "MMIO is never bounced")?;
+            check_mapping(edu.dev, &mapping, outcome)
+        }
+        // Only where it would have to be bounced may MMIO fail to map.
+        Err(e) => check(
+            expected_path() == Some(DmaPath::Bounce) && (e == EPERM || e == ENOMEM),
+            "MMIO maps unless it would be bounced",
+        ),
+    }
+}
+
+fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
+    let memory = PageRanges::new(4)?;
+    let page = |index: usize, offset: usize, size: usize| {
+        Phyr::new(memory.pages[index].phys_addr() + offset as u64, size)
+    };
+    let Some(mut space) = IovaSpace::try_alloc(
+        edu.dev,
+        100,
+        3 * PAGE_SIZE,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?
+    else {
+        return check(
+            expected_path() != Some(DmaPath::Iova),
+            "IOVA space behind an IOMMU",
+        );
+    };
+    check(
+        expected_path() == Some(DmaPath::Iova),
+        "no IOVA space without translation",
+    )?;
+    let link = |space: &mut IovaSpace<'_>, offset, range: Result<Phyr>| -> Result<DmaRange> {
+        let range = range?;
+        // SAFETY: The pages of `memory` outlive `space`, which is dropped first.
+        unsafe { space.link(offset, &range) }
+    };
+    check(
+        link(&mut space, 0, page(0, 0, 100)) == Err(EINVAL),
+        "first link at another offset",
+    )?;
+    check(
+        link(&mut space, PAGE_SIZE - 100, page(1, 8, 64)) == Err(EINVAL),
+        "link inside a granule",
+    )?;
+    check(
+        link(&mut space, 0, page(0, 100, 1000)) == Err(EINVAL),
+        "link ending inside a granule",
+    )?;
+    check(
+        link(&mut space, 2 * PAGE_SIZE, page(2, 0, 2 * PAGE_SIZE)) == Err(ERANGE),
+        "past the end",
+    )?;
+    let first = link(&mut space, 0, page(0, 100, PAGE_SIZE - 100))?;
+    check(
+        iova_to_phys(edu.dev, first.dma_addr()) == memory.pages[0].phys_addr() + 100,
+        "first link translates",
+    )?;
+    check(
+        link(&mut space, 0, page(0, 100, PAGE_SIZE - 100)) == Err(EBUSY),
+        "overlapping link",
+    )?;
+    let middle = link(&mut space, PAGE_SIZE - 100, page(1, 0, PAGE_SIZE))?;
+    check(middle.dma_addr() == first.end(), "links are contiguous")?;
+    let last = link(&mut space, 2 * PAGE_SIZE - 100, page(3, 0, PAGE_SIZE))?;
+    space.sync(0, space.size())?;
+    check(
+        space.unlink(PAGE_SIZE - 100, 10) == Err(EINVAL),
+        "unlink cutting a link",
+    )?;
+    check(
+        space.unlink(PAGE_SIZE - 100, PAGE_SIZE + 10) == Err(EINVAL),
+        "unlink cutting the next link",
+    )?;
+    space.unlink(PAGE_SIZE - 100, PAGE_SIZE)?;
+    check(
+        iova_to_phys(edu.dev, middle.dma_addr()) == 0,
+        "unlinked range no longer translates",
+    )?;
+    check(
+        space.unlink(PAGE_SIZE - 100, PAGE_SIZE) == Err(ENOENT),
+        "unlinking twice",
+    )?;
+    check(
+        iova_to_phys(edu.dev, last.dma_addr()) == memory.pages[3].phys_addr(),
+        "other links stay",
+    )?;
+    // The device reads the last link through the IOMMU.
+    edu.dma(last.dma_addr(), 64, false)?;
+    let (first_addr, last_addr) = (first.dma_addr(), last.dma_addr());
+    drop(space);
+    check(
+        iova_to_phys(edu.dev, first_addr) == 0,
+        "drop unlinks the first link",
+    )?;
+    check(
+        iova_to_phys(edu.dev, last_addr) == 0,
+        "drop unlinks the last link",
+    )
+}
+
+#[kunit_tests(rust_kernel_dma_map)]
+mod cases {
+    use super::*;
+
+    #[test]
+    fn map_one_page() {
+        assert_eq!(run(one_page), Ok(()));
+    }
+
+    #[test]
+    fn map_unaligned_first_range() {
+        assert_eq!(run(unaligned_first_range), Ok(()));
+    }
+
+    #[test]
+    fn map_scattered_pages() {
+        assert_eq!(run(scattered_pages), Ok(()));
+    }
+
+    #[test]
+    fn map_huge_contiguous_range() {
+        assert_eq!(run(huge_contiguous), Ok(()));
+    }
+
+    #[test]
+    fn map_many_ranges() {
+        assert_eq!(run(many_ranges), Ok(()));
+    }
+
+    #[test]
+    fn map_bad_requests() {
+        assert_eq!(run(bad_requests), Ok(()));
+    }
+
+    #[test]
+    fn map_under_the_dma_mask() {
+        assert_eq!(run(dma_mask), Ok(()));
+    }
+
+    #[test]
+    fn map_mmio_peer_memory() {
+        assert_eq!(run(mmio_peer), Ok(()));
+    }
+
+    #[test]
+    fn iova_space_rules() {
+        assert_eq!(run(iova_rules), Ok(()));
+    }
+
+    #[test]
+    fn unmap_at_unbind() {
+        let mut outcome = Outcome {
+            body: unbind_while_mapped,
+            result: Err(ENODEV),
+            kept: None,
+            dma_addrs: KVec::new(),
+            dev: None,
+        };
+        assert_eq!(with_edu(&mut outcome), Ok(()));
+        // The device is unbound, the mapping object still alive: nothing may translate.
+        assert!(outcome.kept.is_some());
+        if expected_path() == Some(DmaPath::Iova) {
+            assert_eq!(check_unmapped(&outcome), Ok(()));
+        }
+        drop(outcome.kept.take());
+    }
+}
