@@ -5,7 +5,7 @@ VIOMMU ?=
 SUITE ?=
 CONFIG ?=
 
-.PHONY: demo test series kunit selftest prepare
+.PHONY: demo test series kunit selftest prepare bench
 
 demo:
 	@bash harness/demo.sh $(CONFIG)
@@ -24,3 +24,6 @@ kunit: prepare
 
 selftest: prepare
 	@bash harness/selftests.sh $(CONFIG)
+
+bench:
+	@bash harness/bench.sh $(SECONDS)

@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: GPL-2.0
 # Boots the test guest once with the initramfs of initramfs.sh, behind a
 # vIOMMU, with the DMA test devices and an NVMe disk. The console goes to
-# LOG, always created, with Unix line ends; a guest that does not power off
-# within BOOT_TIMEOUT seconds is killed and the boot fails with its status.
+# LOG, always created, with Unix line ends; BOOT_QEMU_ARGS adds devices. A
+# guest that does not power off within BOOT_TIMEOUT seconds is killed and
+# the boot fails with its status.
 # Usage: boot.sh LOG VIOMMU [KERNEL_ARG...]
 . "$(dirname "$0")/lib.sh"
 
@@ -20,7 +21,7 @@ run_qemu_env timeout --kill-after=10 "${BOOT_TIMEOUT:-300}" qemu-system-x86_64 \
 	-bios qboot.rom -display none -monitor none -no-reboot -serial "file:$logfile" \
 	-kernel "$OBJ/arch/x86/boot/bzImage" -initrd "$OUT/initramfs.cpio" \
 	-append "console=ttyS0 panic=-1 kunit.enable=0 $(viommu_kernel_args "$viommu") $*" \
-	$TEST_DEVICE_ARGS \
+	$TEST_DEVICE_ARGS ${BOOT_QEMU_ARGS:-} \
 	-drive "file=$disk,if=none,id=nvme0,format=raw" -device nvme,serial=rfl-dma-0,drive=nvme0 \
 	</dev/null || rc=$?
 

@@ -63,14 +63,19 @@ run_qemu_env() {
 	fi
 }
 
-KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config)
+# Config fragments of the one guest kernel: relative paths are in the kernel
+# tree, absolute ones in the harness.
+KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config "$REPO/harness/bench.config")
 
 # kunit.py with the committed config fragments and the toolchain above.
 kunit_py() {
 	local cmd=$1 opts=() frag var
 	shift
 	for frag in "${KUNITCONFIGS[@]}"; do
-		opts+=(--kunitconfig="$SRC/$frag")
+		case $frag in
+		/*) opts+=(--kunitconfig="$frag") ;;
+		*) opts+=(--kunitconfig="$SRC/$frag") ;;
+		esac
 	done
 	for var in "${KMAKE_VARS[@]}"; do
 		opts+=(--make_options="$var")

@@ -40,7 +40,8 @@ use crate::{
             Phyr, //
         },
         Attrs,
-        DataDirection, //
+        DataDirection,
+        DmaAddress, //
     },
     error::to_result,
     prelude::*,
@@ -176,9 +177,11 @@ impl<'a> IovaSpace<'a> {
     /// Returns [`ERANGE`] if it is not inside the space.
     pub fn dma_range(&self, offset: usize, size: usize) -> Result<DmaRange> {
         self.check_bounds(offset, size)?;
+        // CAST: an offset into the space fits in a DMA address.
+        let addr = self.state.addr + offset as DmaAddress;
         // SAFETY: The range is inside the IOVA range of the space, which `dev` reaches once it
         // is linked; the returned value is only a description of addresses.
-        unsafe { DmaRange::from_bus_address(self.state.addr + offset as u64, size) }
+        unsafe { DmaRange::from_bus_address(addr, size) }
     }
 
     fn check_bounds(&self, offset: usize, size: usize) -> Result {
@@ -190,8 +193,8 @@ impl<'a> IovaSpace<'a> {
 
     /// Returns the offset of the space's start inside its first granule.
     fn head(&self) -> usize {
-        // CAST: the offset inside a granule is less than the granule, a `usize`.
-        (self.state.addr % self.granule as u64) as usize
+        // CAST: the granule is a small power of two, and the offset inside it a `usize`.
+        (self.state.addr % self.granule as DmaAddress) as usize
     }
 
     /// Returns the granules `first..last` that the bytes `offset..offset + size` touch.
@@ -229,10 +232,13 @@ impl<'a> IovaSpace<'a> {
     /// # Safety
     ///
     /// The memory of `range` must stay valid, and not be reused for anything else, until it is
-    /// unlinked or the space is dropped.
+    /// unlinked or the space is dropped. It must be system RAM, or device memory if the space
+    /// was allocated with `DMA_ATTR_MMIO` (see [`MmioRanges`](super::map::MmioRanges)), and
+    /// the device may only read it if the direction says so.
     pub unsafe fn link(&mut self, offset: usize, range: &Phyr) -> Result<DmaRange> {
         let size = range.size();
         self.check_bounds(offset, size)?;
+        // CAST: the granule is a small power of two.
         let granule = self.granule as bindings::phys_addr_t;
         let phys_head = range.paddr() % granule;
         if offset == 0 {
@@ -350,10 +356,3 @@ impl Drop for IovaSpace<'_> {
         unsafe { bindings::dma_iova_free(self.dev.as_raw(), &mut self.state) };
     }
 }
-
-// SAFETY: The space only refers to the device, which may be used from any task, and the C
-// functions may be called from any task.
-unsafe impl Send for IovaSpace<'_> {}
-
-// SAFETY: Methods taking `&self` only read the space.
-unsafe impl Sync for IovaSpace<'_> {}

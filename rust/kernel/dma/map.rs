@@ -15,8 +15,8 @@
 //!   addresses kept only when `dma_need_unmap()` says unmapping needs them.
 //!
 //! The mapping is undone exactly once: when it is dropped, or when the device is unbound,
-//! whichever comes first. The DMA ranges are only reachable through a bound device, so no safe
-//! code can use a DMA address after the unmap.
+//! whichever comes first. The DMA ranges are only handed out against a `&Device<Bound>` of the
+//! mapped device, borrowed from the live mapping.
 
 use crate::{
     alloc::Flags,
@@ -37,7 +37,10 @@ use crate::{
                 PhyrList,
                 PhyrRanges, //
             },
-            source::PhyrSource,
+            source::{
+                KernelAllocator,
+                PhyrSource, //
+            },
             user::UserPhyrs,
             DmaRange,
             Phyr,
@@ -45,12 +48,20 @@ use crate::{
             Split, //
         },
         Attrs,
-        DataDirection, //
+        DataDirection,
+        DmaAddress, //
     },
     error::to_result,
-    page::PAGE_SIZE,
+    page::{
+        Page,
+        PAGE_SIZE, //
+    },
     prelude::*,
     sync::aref::ARef,
+    transmute::{
+        AsBytes,
+        FromBytes, //
+    },
 };
 use core::{
     iter::Copied,
@@ -65,20 +76,66 @@ use core::{
 ///
 /// # Safety
 ///
-/// For as long as a value lives, the ranges that [`PhyrRanges::ranges`] yields are the same
-/// every time, and their memory stays valid and is not used for anything else than the value's
-/// own contents. If [`DmaMemory::MMIO`] is true, no range overlaps system RAM, otherwise every
-/// range is system RAM.
+/// For as long as a value lives, wherever it is moved, the ranges that [`PhyrRanges::ranges`]
+/// yields are the same every time, and their memory stays valid and is not used for anything
+/// else than the value's own contents, whose every bit pattern is valid. If
+/// [`DmaMemory::MMIO`] is true, no range overlaps system RAM, otherwise every range is system
+/// RAM. If [`DmaMemory::device_may_write`] returns false, the device must only read it.
 pub unsafe trait DmaMemory: PhyrRanges + Send {
     /// Whether the ranges are device memory (PCI peer-to-peer), mapped with `DMA_ATTR_MMIO`.
     const MMIO: bool = false;
+
+    /// Whether the memory may be mapped for the device to write into it.
+    fn device_may_write(&self) -> bool {
+        true
+    }
 }
 
-// SAFETY: The pages stay pinned, and the ranges unchanged, until `UserPhyrs` is dropped.
-unsafe impl DmaMemory for UserPhyrs {}
+// SAFETY: The pages stay pinned, and the ranges unchanged, until `UserPhyrs` is dropped; pages
+// pinned without `FOLL_WRITE` are reported as read-only.
+unsafe impl DmaMemory for UserPhyrs {
+    fn device_may_write(&self) -> bool {
+        self.pinned_for_write()
+    }
+}
 
-/// A kernel buffer (a `Box` or `Vec` of a [`KernelAllocator`](super::phyr::source)) owned for
-/// DMA, with its physical ranges listed once.
+/// Whole pages owned for DMA, listed in their order; physically adjacent pages coalesce.
+///
+/// # Invariants
+///
+/// `ranges` are the physical ranges of `pages`.
+pub struct Pages {
+    pages: KVec<Page>,
+    ranges: PhyrList,
+}
+
+impl Pages {
+    /// Takes `pages` and lists their physical ranges.
+    pub fn new(pages: KVec<Page>, flags: Flags) -> Result<Self> {
+        let mut ranges = PhyrList::new();
+        pages.append_ranges(&mut ranges, flags)?;
+        // INVARIANT: `ranges` were just listed from `pages`.
+        Ok(Self { pages, ranges })
+    }
+
+    /// Returns the pages.
+    pub fn into_inner(self) -> KVec<Page> {
+        self.pages
+    }
+}
+
+impl PhyrRanges for Pages {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        self.ranges.ranges()
+    }
+}
+
+// SAFETY: The pages are owned, never freed before `self`, and listed once (type invariant);
+// the contents of a page are plain bytes.
+unsafe impl DmaMemory for Pages {}
+
+/// A kernel buffer (a `Box` or `Vec` of a [`KernelAllocator`]) of plain data owned for DMA,
+/// with its physical ranges listed once.
 ///
 /// It dereferences to the buffer's contents, never to the buffer itself, so that the memory
 /// cannot be reallocated while a device may access it.
@@ -126,17 +183,20 @@ impl<B> PhyrRanges for KernelBuffer<B> {
     }
 }
 
-// SAFETY: The contents of a `Box` or `Vec` stay in place while it is not reallocated, which
-// only `&mut` access to the `Box` or `Vec` itself could do; `KernelBuffer` never gives it out.
-// The ranges are listed once.
-unsafe impl<T: Send, A: super::phyr::source::KernelAllocator> DmaMemory
-    for KernelBuffer<Box<T, A>>
+// SAFETY: The contents of a `Box` stay in place while it lives; `KernelBuffer` never hands out
+// the `Box` itself, and lists the ranges once. Every bit pattern is a valid `T`.
+unsafe impl<T, A> DmaMemory for KernelBuffer<Box<T, A>>
+where
+    T: AsBytes + FromBytes + Send,
+    A: KernelAllocator,
 {
 }
 
-// SAFETY: As for `Box` above.
-unsafe impl<T: Send, A: super::phyr::source::KernelAllocator> DmaMemory
-    for KernelBuffer<Vec<T, A>>
+// SAFETY: As for `Box` above: only `&mut` access to the `Vec` itself could reallocate it.
+unsafe impl<T, A> DmaMemory for KernelBuffer<Vec<T, A>>
+where
+    T: AsBytes + FromBytes + Send,
+    A: KernelAllocator,
 {
 }
 
@@ -159,7 +219,10 @@ impl MmioRanges {
     /// # Safety
     ///
     /// The device memory must stay valid (the device that owns it bound, the BAR assigned)
-    /// until the returned value is dropped.
+    /// until the returned value is dropped, must never be mapped cacheable, and must be
+    /// reachable through the host bridge at its CPU physical address, as the p2pdma code
+    /// decides for `DMA_ATTR_MMIO` (`pci_p2pdma_map_type()`); peers behind a common switch use
+    /// bus addresses ([`DmaRange::from_bus_address`]) instead.
     pub unsafe fn new(ranges: PhyrList) -> Result<Self> {
         for range in ranges.ranges() {
             // SAFETY: `region_intersects()` only walks the resource tree.
@@ -212,6 +275,7 @@ pub enum DmaPath {
 ///
 /// - If `iova` is `Some((state, size))`, `state` was allocated for `dev` and `size` bytes from
 ///   its start are linked, with `direction` and `attrs`; `ranges` is that one range.
+///   `units` are the DMA ranges of the links, in order.
 /// - Otherwise every range of `units` is mapped by `dma_map_phys()` for `dev` with `direction`
 ///   and `attrs`, and `ranges` are the same bytes, coalesced; `units` is empty only if
 ///   `dma_need_unmap()` returned false after the mapping, and no unmap and no sync is needed.
@@ -234,8 +298,10 @@ impl Mapped {
         flags: Flags,
     ) -> Result<(Self, DmaPath)> {
         let mut size = 0usize;
+        let mut count = 0usize;
         for range in source.ranges() {
             size = size.checked_add(range.size()).ok_or(EOVERFLOW)?;
+            count += 1;
         }
         let first = source.ranges().next().ok_or(EINVAL)?;
         let mut mapped = Self {
@@ -244,9 +310,10 @@ impl Mapped {
             attrs,
             iova: None,
             ranges: KVec::with_capacity(1, flags)?,
-            units: KVec::new(),
+            units: KVec::with_capacity(count, flags)?,
         };
-        if iova_granule(dev).is_some_and(|granule| meet_on(source, granule)) {
+        let granule = iova_granule(dev);
+        if granule.is_some_and(|granule| meet_on(source, granule)) {
             let mut state = bindings::dma_iova_state::default();
             // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device` and `state`
             // is a valid `struct dma_iova_state`, which the call initializes.
@@ -263,14 +330,15 @@ impl Mapped {
         let max_size = unsafe { bindings::dma_max_mapping_size(dev.as_raw()) };
         let limits = SegmentLimits::new(max_size, u64::MAX, PAGE_SIZE)?;
         let count = Split::new(source.ranges(), limits).count();
-        mapped.units = KVec::with_capacity(count, flags)?;
-        mapped.ranges = KVec::with_capacity(count, flags)?;
-        let path = mapped.map_each(dev, Split::new(source.ranges(), limits))?;
-        if S::MMIO && path == DmaPath::Bounce {
-            return Err(EPERM);
+        mapped.units.reserve(count, flags)?;
+        mapped.ranges.reserve(count, flags)?;
+        let mut path = mapped.map_each(dev, Split::new(source.ranges(), limits))?;
+        if granule.is_some() {
+            path = DmaPath::Iommu;
         }
         // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
         if !unsafe { bindings::dma_need_unmap(dev.as_raw()) } {
+            // INVARIANT: unmapping does not need the addresses, and syncing needs none.
             mapped.units = KVec::new();
         }
         Ok((mapped, path))
@@ -306,7 +374,17 @@ impl Mapped {
             if result.is_err() {
                 break;
             }
+            // CAST: an offset into the IOVA range fits in a DMA address.
+            let addr = state.addr + offset as DmaAddress;
+            // SAFETY: The range was just linked there.
+            let unit = unsafe { DmaRange::from_bus_address(addr, range.size()) };
+            // `units` has room for every range.
+            result =
+                unit.and_then(|unit| self.units.push_within_capacity(unit).map_err(|_| ENOMEM));
             offset += range.size();
+            if result.is_err() {
+                break;
+            }
         }
         if result.is_ok() {
             // SAFETY: As above; `0..size` is linked.
@@ -326,13 +404,14 @@ impl Mapped {
             };
             return Err(e);
         }
+        // INVARIANT: all of `size` is linked into `state` and `units` holds every link; `drop`
+        // unlinks them from now on, and `ranges` gets the one range below.
+        self.iova = Some((state, size));
         // SAFETY: `state.addr..state.addr + size` is linked, and stays so until `self` is
         // dropped.
         let range = unsafe { DmaRange::from_bus_address(state.addr, size)? };
-        // INVARIANT: all of `size` is linked into `state`, and `ranges` is that one range.
-        self.ranges.push(range, GFP_ATOMIC)?;
-        self.iova = Some((state, size));
-        Ok(())
+        // `ranges` has room for one range.
+        self.ranges.push_within_capacity(range).map_err(|_| ENOMEM)
     }
 
     /// Maps every range of `ranges` with `dma_map_phys()`, into `units` and `ranges`, which have
@@ -369,8 +448,13 @@ impl Mapped {
                     return Err(e);
                 }
             };
-            // INVARIANT: the mapped range is recorded; `units` and `ranges` have room.
-            self.units.push(unit, GFP_ATOMIC)?;
+            // INVARIANT: the mapped range is recorded, for `drop` to unmap; `units` and `ranges`
+            // have room for every range.
+            if self.units.push_within_capacity(unit).is_err() {
+                // SAFETY: `addr` was just mapped with these arguments.
+                unsafe { self.unmap_one(addr, range.size()) };
+                return Err(ENOMEM);
+            }
             match self.ranges.last_mut() {
                 Some(last) if last.end() == unit.dma_addr() => {
                     // SAFETY: Two adjacent mapped ranges are one mapped range.
@@ -378,7 +462,7 @@ impl Mapped {
                         DmaRange::from_bus_address(last.dma_addr(), last.size() + unit.size())?
                     };
                 }
-                _ => self.ranges.push(unit, GFP_ATOMIC)?,
+                _ => self.ranges.push_within_capacity(unit).map_err(|_| ENOMEM)?,
             }
             path = path.max_with(dev, range, addr);
         }
@@ -391,7 +475,7 @@ impl Mapped {
     ///
     /// `addr` must be a live mapping of `size` bytes for `self.dev`, with `self.direction` and
     /// `self.attrs`, and not be used afterwards.
-    unsafe fn unmap_one(&self, addr: u64, size: usize) {
+    unsafe fn unmap_one(&self, addr: DmaAddress, size: usize) {
         // SAFETY: By the safety requirements.
         unsafe {
             bindings::dma_unmap_phys(
@@ -409,7 +493,12 @@ impl Mapped {
         &self,
         offset: usize,
         size: usize,
-        sync: unsafe extern "C" fn(*mut bindings::device, u64, usize, bindings::dma_data_direction),
+        sync: unsafe extern "C" fn(
+            *mut bindings::device,
+            DmaAddress,
+            usize,
+            bindings::dma_data_direction,
+        ),
     ) -> Result {
         let end = offset.checked_add(size).ok_or(ERANGE)?;
         let units = if self.units.is_empty() {
@@ -420,6 +509,9 @@ impl Mapped {
         if size == 0 || end > units.iter().map(|unit| unit.size()).sum() {
             return Err(ERANGE);
         }
+        // The DMA API syncs a physically contiguous range, and a range that dma-iommu bounced
+        // one granule at a time: sync link by link, cut at granules where it bounced.
+        let mut pieces = SegmentLimits::new(usize::MAX, u64::MAX, 1)?;
         if let Some((state, _)) = &self.iova {
             // Linking did the cache maintenance; later ownership changes only matter for a
             // non-coherent device or where dma-iommu bounced parts of a range. DMA-API debug
@@ -427,12 +519,19 @@ impl Mapped {
             // SAFETY: `self.dev` is a valid `struct device`.
             let coherent = unsafe { bindings::dev_is_dma_coherent(self.dev.as_raw()) };
             // CAST: the flag is the top bit of the 64-bit size field.
-            if coherent && state.__size & bindings::DMA_IOVA_USE_SWIOTLB as u64 == 0 {
+            let bounced = state.__size & bindings::DMA_IOVA_USE_SWIOTLB as u64 != 0;
+            if coherent && !bounced {
                 return Ok(());
+            }
+            if bounced {
+                // SAFETY: `self.dev` is a valid `struct device`.
+                let boundary = unsafe { bindings::dma_get_merge_boundary(self.dev.as_raw()) };
+                // CAST: the merge boundary is a mask of the low bits of an address.
+                pieces = SegmentLimits::new(usize::MAX, boundary as u64, 1)?;
             }
         }
         let mut start = 0;
-        for unit in units.iter() {
+        for unit in Split::new(units.iter().copied(), pieces) {
             let unit_end = start + unit.size();
             if start < end && offset < unit_end {
                 let from = offset.max(start);
@@ -442,7 +541,8 @@ impl Mapped {
                 unsafe {
                     sync(
                         self.dev.as_raw(),
-                        unit.dma_addr() + (from - start) as u64,
+                        // CAST: an offset inside a mapped unit fits in a DMA address.
+                        unit.dma_addr() + (from - start) as DmaAddress,
                         to - from,
                         self.direction.into(),
                     )
@@ -455,25 +555,20 @@ impl Mapped {
 }
 
 impl DmaPath {
-    /// Folds the path of one range mapped by `dma_map_phys()` into `self`: a bounced range makes
-    /// the mapping bounced, a translated one makes it go through the IOMMU.
-    fn max_with(self, dev: &Device<Bound>, range: Phyr, addr: u64) -> Self {
+    /// Folds the path of one range that `dma_map_phys()` mapped into `self`: a range bounced
+    /// through swiotlb makes the mapping bounced. Only meaningful without an IOMMU.
+    fn max_with(self, dev: &Device<Bound>, range: Phyr, addr: DmaAddress) -> Self {
         // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`; the functions
         // only compute addresses and look them up in the swiotlb pools.
-        let (bounced, direct) = unsafe {
-            (
-                !bindings::swiotlb_find_pool(
-                    dev.as_raw(),
-                    bindings::dma_to_phys(dev.as_raw(), addr),
-                )
-                .is_null(),
-                bindings::phys_to_dma(dev.as_raw(), range.paddr()) == addr,
-            )
+        let direct = unsafe {
+            let phys = bindings::dma_to_phys(dev.as_raw(), addr);
+            bindings::swiotlb_find_pool(dev.as_raw(), phys).is_null()
+                && bindings::phys_to_dma(dev.as_raw(), range.paddr()) == addr
         };
-        match (self, bounced, direct) {
-            (_, true, _) | (DmaPath::Bounce, _, _) => DmaPath::Bounce,
-            (_, false, false) | (DmaPath::Iommu, _, _) => DmaPath::Iommu,
-            _ => DmaPath::Direct,
+        if self == DmaPath::Bounce || !direct {
+            DmaPath::Bounce
+        } else {
+            DmaPath::Direct
         }
     }
 }
@@ -521,8 +616,13 @@ fn meet_on<S: PhyrRanges>(source: &S, granule: usize) -> bool {
 /// The DMA mapping of memory that the mapping owns, for one device and one direction.
 ///
 /// Dropping it unmaps the memory, then drops the memory; if the device is unbound first, the
-/// memory is unmapped at unbind. The DMA ranges are only reachable with a `&Device<Bound>` of
-/// the mapped device, so they cannot be used after the unmap.
+/// memory is unmapped at unbind. The DMA ranges are only handed out against a `&Device<Bound>`
+/// of the mapped device and borrowed from the mapping; a copied [`DmaRange`] is plain data.
+///
+/// # Invariants
+///
+/// `mapped` maps the ranges of `source` (until it is revoked at unbind), and is declared
+/// first so that it is dropped, unmapping them, before `source`.
 ///
 /// # Examples
 ///
@@ -554,13 +654,15 @@ pub struct DmaMapping<S: DmaMemory> {
 }
 
 impl<S: DmaMemory> DmaMapping<S> {
-    /// Maps `source` for `dev` in `direction`, with `attrs`.
+    /// Maps `source` for `dev` in `direction`, with `attrs`. May sleep: the mapping registers
+    /// with the device's managed resources; `flags` are for the lists of DMA ranges.
     ///
     /// [`DmaMemory::MMIO`] memory is mapped with `DMA_ATTR_MMIO`; asking for it on RAM is an
-    /// error. Errors: [`EINVAL`] (no range, [`DataDirection::None`], `DMA_ATTR_MMIO` on RAM),
-    /// [`EOVERFLOW`] (more than `usize::MAX` bytes), [`EPERM`] (MMIO that would be bounced),
-    /// [`ENOMEM`] (no memory, no IOVA space or no mapping under the DMA mask). Nothing stays
-    /// mapped on error, and the memory is dropped.
+    /// error. Errors: [`EINVAL`] (no range, [`DataDirection::None`], `DMA_ATTR_MMIO` on RAM,
+    /// a direction the device writes in on memory it may only read), [`EOVERFLOW`] (more than
+    /// `usize::MAX` bytes), [`EPERM`] (MMIO that the IOVA path would bounce), [`ENOMEM`] (no
+    /// memory, no IOVA space, no mapping under the DMA mask, or MMIO that would be bounced
+    /// otherwise). Nothing stays mapped on error, and the memory is dropped.
     pub fn new(
         dev: &Device<Bound>,
         source: S,
@@ -570,7 +672,8 @@ impl<S: DmaMemory> DmaMapping<S> {
     ) -> Result<Self> {
         check_direction(direction)?;
         let mmio = attrs::DMA_ATTR_MMIO;
-        if !S::MMIO && attrs.contains(mmio) {
+        let device_writes = direction != DataDirection::ToDevice;
+        if (!S::MMIO && attrs.contains(mmio)) || (device_writes && !source.device_may_write()) {
             return Err(EINVAL);
         }
         let attrs = if S::MMIO { attrs | mmio } else { attrs };
@@ -611,9 +714,20 @@ impl<S: DmaMemory> DmaMapping<S> {
         self.size
     }
 
-    /// Returns the mapped memory. Reading what the device wrote needs
-    /// [`DmaMapping::sync_for_cpu`] first.
-    pub fn memory(&self) -> &S {
+    /// Unmaps the memory and gives it back, e.g. to map it again for the next request.
+    pub fn into_memory(self) -> S {
+        let Self { mapped, source, .. } = self;
+        drop(mapped);
+        source
+    }
+
+    /// Returns the mapped memory.
+    ///
+    /// # Safety
+    ///
+    /// The device must not write the bytes that the caller reads while the reference lives;
+    /// bytes the device wrote are read after [`DmaMapping::sync_for_cpu`].
+    pub unsafe fn memory(&self) -> &S {
         &self.source
     }
 
@@ -642,7 +756,11 @@ impl<S: DmaMemory> DmaMapping<S> {
 impl<S: DmaMemory + DerefMut> DmaMapping<S> {
     /// Returns the mapped memory for the CPU to write; the device sees the writes after
     /// [`DmaMapping::sync_for_device`].
-    pub fn memory_mut(&mut self) -> &mut S::Target {
+    ///
+    /// # Safety
+    ///
+    /// The device must not access the bytes that the caller accesses while the reference lives.
+    pub unsafe fn memory_mut(&mut self) -> &mut S::Target {
         &mut self.source
     }
 }

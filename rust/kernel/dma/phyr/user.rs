@@ -197,6 +197,11 @@ impl UserPhyrs {
         // starts or ends inside the page only for the first or the last page.
         self.ranges.push(range, flags)
     }
+
+    /// Whether the memory was pinned for the device to write into it.
+    pub fn pinned_for_write(&self) -> bool {
+        self.write
+    }
 }
 
 impl PhyrRanges for UserPhyrs {
