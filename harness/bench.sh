@@ -5,15 +5,15 @@
 # loop over dma_iova_link() (its IOVA mode) and of the Rust DMA mapping API
 # (samples/rust/rust_dma_bench.rs), with their ratios. Figures from one
 # boot only: under TCG only the ratios mean something.
-# Usage: bench.sh [SECONDS per C benchmark run, default 5]
+# Usage: bench.sh [SECONDS per C benchmark run, default 2]
 . "$(dirname "$0")/lib.sh"
 
-seconds=${1:-5}
+seconds=${1:-2}
 bash "$REPO/harness/prepare.sh"
 bash "$REPO/harness/initramfs.sh"
 logfile=$OUT/bench.log
 log "Booting q35 + VT-d (strict) with pci-testdev and edu"
-BOOT_QEMU_ARGS="-device pci-testdev" BOOT_TIMEOUT=900 \
+BOOT_QEMU_ARGS="-device pci-testdev" BOOT_TIMEOUT=1500 \
 	bash "$REPO/harness/boot.sh" "$logfile" vtd iommu.strict=1 "RFL_BENCH=$seconds" || true
 grep -q '^RFL-BENCH-END' "$logfile" || die "the benchmark did not finish; see $logfile"
 

@@ -2,25 +2,32 @@
 # SPDX-License-Identifier: GPL-2.0
 """Reads the benchmark part of a guest console log on stdin and prints the
 map+unmap times of dma_map_sg(), the C dma_iova_link() loop and the Rust API
-with their ratios. Exits 1 if a figure is missing."""
+with their ratios, the median of the rounds of each. Exits 1 if a figure is
+missing."""
 import re
+import statistics
 import sys
 
 text = sys.stdin.read()
 rust = {}
 for count, unit, ns, path, ranges in re.findall(
         r"rust_dma_bench: (\d+) (pages|MiB contiguous): (\d+) ns per map\+unmap, "
-        r"path (\w+), (\d+) DMA", text):
-    rust[(int(count), unit)] = (int(ns) / 1000, path, int(ranges))
+        r"path (\w+), \d+ physical ranges, (\d+) DMA", text):
+    rust.setdefault((int(count), unit), []).append((int(ns) / 1000, path, int(ranges)))
 c = {}
 for mode, granule, body in re.findall(
         r"benchmark\((\w+)_MODE\).*?granule:\s*(\d+)\n(.*?)(?=dma mapping benchmark|RFL-BENCH-END)",
         text, re.S):
     lat = [float(x) for x in re.findall(r"average (?:map|unmap) latency\(us\):([\d.]+)", body)]
     if len(lat) == 2:
-        c[(mode, int(granule))] = lat[0] + lat[1]
+        c.setdefault((mode, int(granule)), []).append(lat[0] + lat[1])
 
-print("map+unmap, microseconds per operation (VT-d strict, one boot):")
+rounds = min([len(v) for v in list(c.values()) + list(rust.values())] or [0])
+c = {key: statistics.median(values) for key, values in c.items()}
+rust = {key: (statistics.median(v[0] for v in values), values[0][1], values[0][2])
+        for key, values in rust.items()}
+print("map+unmap, microseconds per operation, median of %d rounds (VT-d strict, one boot):"
+      % rounds)
 print("%16s %11s %12s %9s %7s %8s  %s" %
       ("case", "dma_map_sg", "C IOVA loop", "Rust API", "Rust/C", "IOVA/SG", "Rust path"))
 complete = True

@@ -50,6 +50,7 @@ kernel::pci_device_table!(
 /// Maps and unmaps `memory` [`ROUNDS`] times and logs the average time of one cycle.
 /// The case is named `count` `unit`, e.g. "16 pages".
 fn bench<S: DmaMemory>(dev: &Device<Bound>, count: usize, unit: &str, mut memory: S) -> Result {
+    let physical = memory.ranges().count();
     let mapping = DmaMapping::new(
         dev,
         memory,
@@ -73,7 +74,8 @@ fn bench<S: DmaMemory>(dev: &Device<Bound>, count: usize, unit: &str, mut memory
     let nanos = start.elapsed().as_nanos() / ROUNDS;
     dev_info!(
         dev,
-        "rust_dma_bench: {count} {unit}: {nanos} ns per map+unmap, path {path:?}, {ranges} DMA ranges\n"
+        "rust_dma_bench: {count} {unit}: {nanos} ns per map+unmap, path {path:?}, \
+         {physical} physical ranges, {ranges} DMA ranges\n"
     );
     Ok(())
 }

@@ -52,6 +52,7 @@ use crate::{
         DmaAddress, //
     },
     error::to_result,
+    num::casts::FromSafeCast,
     page::{
         Page,
         PAGE_SIZE, //
@@ -101,6 +102,21 @@ unsafe impl DmaMemory for UserPhyrs {
 
 /// Whole pages owned for DMA, listed in their order; physically adjacent pages coalesce.
 ///
+/// # Examples
+///
+/// ```
+/// use kernel::dma::{map::Pages, phyr::list::PhyrRanges};
+/// use kernel::page::{Page, PAGE_SIZE};
+///
+/// let mut pages = KVec::new();
+/// for _ in 0..3 {
+///     pages.push(Page::alloc_page(GFP_KERNEL)?, GFP_KERNEL)?;
+/// }
+/// let pages = Pages::new(pages, GFP_KERNEL)?;
+/// assert_eq!(pages.ranges().map(|range| range.size()).sum::<usize>(), 3 * PAGE_SIZE);
+/// # Ok::<(), Error>(())
+/// ```
+///
 /// # Invariants
 ///
 /// `ranges` are the physical ranges of `pages`.
@@ -113,7 +129,8 @@ impl Pages {
     /// Takes `pages` and lists their physical ranges.
     pub fn new(pages: KVec<Page>, flags: Flags) -> Result<Self> {
         let mut ranges = PhyrList::new();
-        pages.append_ranges(&mut ranges, flags)?;
+        // The pages themselves, not the vector's buffer of page handles.
+        pages.as_slice().append_ranges(&mut ranges, flags)?;
         // INVARIANT: `ranges` were just listed from `pages`.
         Ok(Self { pages, ranges })
     }
@@ -269,13 +286,20 @@ pub enum DmaPath {
     Bounce,
 }
 
+/// An IOVA range with every range of the memory linked into it, one after the other.
+struct Linked {
+    state: bindings::dma_iova_state,
+    /// All of the IOVA range, the one DMA range of the mapping.
+    range: DmaRange,
+}
+
 /// The part of a mapping that the device may still access, torn down on drop or at unbind.
 ///
 /// # Invariants
 ///
-/// - If `iova` is `Some((state, size))`, `state` was allocated for `dev` and `size` bytes from
-///   its start are linked, with `direction` and `attrs`; `ranges` is that one range.
-///   `units` are the DMA ranges of the links, in order.
+/// - If `linked` is `Some`, its state was allocated for `dev` and all of its range is linked,
+///   the ranges of the memory one after the other, with `direction` and `attrs`; `ranges` and
+///   `units` are empty.
 /// - Otherwise every range of `units` is mapped by `dma_map_phys()` for `dev` with `direction`
 ///   and `attrs`, and `ranges` are the same bytes, coalesced; `units` is empty only if
 ///   `dma_need_unmap()` returned false after the mapping, and no unmap and no sync is needed.
@@ -283,7 +307,7 @@ struct Mapped {
     dev: ARef<Device>,
     direction: DataDirection,
     attrs: Attrs,
-    iova: Option<(bindings::dma_iova_state, usize)>,
+    linked: Option<Linked>,
     ranges: KVec<DmaRange>,
     units: KVec<DmaRange>,
 }
@@ -297,23 +321,32 @@ impl Mapped {
         attrs: Attrs,
         flags: Flags,
     ) -> Result<(Self, DmaPath)> {
+        let granule = iova_granule(dev);
+        let mask = granule.map_or(0, |granule| u64::from_safe_cast(granule) - 1);
+        // The ranges meet on IOVA granules if every range but the first starts on one and
+        // every range but the last ends on one.
+        let mut meet = granule.is_some();
         let mut size = 0usize;
-        let mut count = 0usize;
+        let mut last_end = None;
         for range in source.ranges() {
+            if last_end.is_some_and(|end| end & mask != 0)
+                || (size > 0 && range.paddr() & mask != 0)
+            {
+                meet = false;
+            }
             size = size.checked_add(range.size()).ok_or(EOVERFLOW)?;
-            count += 1;
+            last_end = Some(range.end());
         }
         let first = source.ranges().next().ok_or(EINVAL)?;
         let mut mapped = Self {
             dev: dev.into(),
             direction,
             attrs,
-            iova: None,
-            ranges: KVec::with_capacity(1, flags)?,
-            units: KVec::with_capacity(count, flags)?,
+            linked: None,
+            ranges: KVec::new(),
+            units: KVec::new(),
         };
-        let granule = iova_granule(dev);
-        if granule.is_some_and(|granule| meet_on(source, granule)) {
+        if meet {
             let mut state = bindings::dma_iova_state::default();
             // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device` and `state`
             // is a valid `struct dma_iova_state`, which the call initializes.
@@ -374,44 +407,35 @@ impl Mapped {
             if result.is_err() {
                 break;
             }
-            // CAST: an offset into the IOVA range fits in a DMA address.
-            let addr = state.addr + offset as DmaAddress;
-            // SAFETY: The range was just linked there.
-            let unit = unsafe { DmaRange::from_bus_address(addr, range.size()) };
-            // `units` has room for every range.
-            result =
-                unit.and_then(|unit| self.units.push_within_capacity(unit).map_err(|_| ENOMEM));
             offset += range.size();
-            if result.is_err() {
-                break;
-            }
         }
         if result.is_ok() {
             // SAFETY: As above; `0..size` is linked.
             result =
                 to_result(unsafe { bindings::dma_iova_sync(dev.as_raw(), &mut state, 0, size) });
         }
-        if let Err(e) = result {
-            // SAFETY: `state` was allocated for the bound `dev`; `0..offset` is linked.
-            unsafe {
-                bindings::dma_iova_destroy(
-                    dev.as_raw(),
-                    &mut state,
-                    offset,
-                    self.direction.into(),
-                    self.attrs.as_raw(),
-                )
-            };
-            return Err(e);
+        // SAFETY: `state.addr..state.addr + size` is the allocated IOVA range.
+        let range = result.and_then(|()| unsafe { DmaRange::from_bus_address(state.addr, size) });
+        match range {
+            Ok(range) => {
+                // INVARIANT: all of `size` is linked into `state`.
+                self.linked = Some(Linked { state, range });
+                Ok(())
+            }
+            Err(e) => {
+                // SAFETY: `state` was allocated for the bound `dev`; `0..offset` is linked.
+                unsafe {
+                    bindings::dma_iova_destroy(
+                        dev.as_raw(),
+                        &mut state,
+                        offset,
+                        self.direction.into(),
+                        self.attrs.as_raw(),
+                    )
+                };
+                Err(e)
+            }
         }
-        // INVARIANT: all of `size` is linked into `state` and `units` holds every link; `drop`
-        // unlinks them from now on, and `ranges` gets the one range below.
-        self.iova = Some((state, size));
-        // SAFETY: `state.addr..state.addr + size` is linked, and stays so until `self` is
-        // dropped.
-        let range = unsafe { DmaRange::from_bus_address(state.addr, size)? };
-        // `ranges` has room for one range.
-        self.ranges.push_within_capacity(range).map_err(|_| ENOMEM)
     }
 
     /// Maps every range of `ranges` with `dma_map_phys()`, into `units` and `ranges`, which have
@@ -440,21 +464,22 @@ impl Mapped {
             }
             // SAFETY: `addr` is the mapping of `range`, until it is unmapped in `drop`.
             let unit = unsafe { DmaRange::from_bus_address(addr, range.size()) };
-            let unit = match unit {
+            let recorded = unit.and_then(|unit| {
+                self.units
+                    .push_within_capacity(unit)
+                    .map_err(|_| ENOMEM)
+                    .map(|()| unit)
+            });
+            // INVARIANT: the mapped range is recorded, for `drop` to unmap; `units` and `ranges`
+            // have room for every range.
+            let unit = match recorded {
                 Ok(unit) => unit,
                 Err(e) => {
-                    // SAFETY: `addr` was just mapped with these arguments.
+                    // SAFETY: `addr` was just mapped with these arguments, and is not recorded.
                     unsafe { self.unmap_one(addr, range.size()) };
                     return Err(e);
                 }
             };
-            // INVARIANT: the mapped range is recorded, for `drop` to unmap; `units` and `ranges`
-            // have room for every range.
-            if self.units.push_within_capacity(unit).is_err() {
-                // SAFETY: `addr` was just mapped with these arguments.
-                unsafe { self.unmap_one(addr, range.size()) };
-                return Err(ENOMEM);
-            }
             match self.ranges.last_mut() {
                 Some(last) if last.end() == unit.dma_addr() => {
                     // SAFETY: Two adjacent mapped ranges are one mapped range.
@@ -467,6 +492,14 @@ impl Mapped {
             path = path.max_with(dev, range, addr);
         }
         Ok(path)
+    }
+
+    /// Returns the DMA ranges of the mapping.
+    fn ranges(&self) -> &[DmaRange] {
+        match &self.linked {
+            Some(linked) => slice::from_ref(&linked.range),
+            None => &self.ranges,
+        }
     }
 
     /// Unmaps one range mapped by `dma_map_phys()`.
@@ -488,9 +521,12 @@ impl Mapped {
         }
     }
 
-    /// Calls `sync` on the mapped units that `offset..offset + size` touches, clipped to it.
+    /// Calls `sync` on the bytes `offset..offset + size` of the mapping, whose memory has the
+    /// physical ranges `memory`, piece by piece: the DMA API syncs a physically contiguous
+    /// range, and a range that swiotlb bounced one mapping (or IOVA granule) at a time.
     fn sync(
         &self,
+        memory: impl Iterator<Item = Phyr>,
         offset: usize,
         size: usize,
         sync: unsafe extern "C" fn(
@@ -501,55 +537,62 @@ impl Mapped {
         ),
     ) -> Result {
         let end = offset.checked_add(size).ok_or(ERANGE)?;
-        let units = if self.units.is_empty() {
-            &self.ranges
-        } else {
-            &self.units
-        };
-        if size == 0 || end > units.iter().map(|unit| unit.size()).sum() {
+        let total: usize = self.ranges().iter().map(|range| range.size()).sum();
+        if size == 0 || end > total {
             return Err(ERANGE);
         }
-        // The DMA API syncs a physically contiguous range, and a range that dma-iommu bounced
-        // one granule at a time: sync link by link, cut at granules where it bounced.
-        let mut pieces = SegmentLimits::new(usize::MAX, u64::MAX, 1)?;
-        if let Some((state, _)) = &self.iova {
-            // Linking did the cache maintenance; later ownership changes only matter for a
-            // non-coherent device or where dma-iommu bounced parts of a range. DMA-API debug
-            // does not track IOVA links, so syncing what needs none would make it complain.
+        let sync_pieces = |pieces: &mut dyn Iterator<Item = DmaRange>| {
+            let mut start = 0;
+            for piece in pieces {
+                let piece_end = start + piece.size();
+                if start < end && offset < piece_end {
+                    let from = offset.max(start);
+                    let to = end.min(piece_end);
+                    // CAST: an offset inside a mapped piece fits in a DMA address.
+                    let addr = piece.dma_addr() + (from - start) as DmaAddress;
+                    // SAFETY: `piece` is mapped for `self.dev` (type invariant), which is bound
+                    // while the caller holds `&Device<Bound>`; the synced bytes are inside it.
+                    unsafe { sync(self.dev.as_raw(), addr, to - from, self.direction.into()) };
+                }
+                start = piece_end;
+            }
+        };
+        let Some(linked) = &self.linked else {
+            let units = if self.units.is_empty() {
+                &self.ranges
+            } else {
+                &self.units
+            };
+            sync_pieces(&mut units.iter().copied());
+            return Ok(());
+        };
+        // Linking did the cache maintenance; later ownership changes only matter for a
+        // non-coherent device or where dma-iommu bounced parts of a range. DMA-API debug does
+        // not track IOVA links, so syncing what needs none would make it complain.
+        // SAFETY: `self.dev` is a valid `struct device`.
+        let coherent = unsafe { bindings::dev_is_dma_coherent(self.dev.as_raw()) };
+        // CAST: the flag is the top bit of the 64-bit size field.
+        let bounced = linked.state.__size & bindings::DMA_IOVA_USE_SWIOTLB as u64 != 0;
+        if coherent && !bounced {
+            return Ok(());
+        }
+        let mut cuts = SegmentLimits::new(usize::MAX, u64::MAX, 1)?;
+        if bounced {
             // SAFETY: `self.dev` is a valid `struct device`.
-            let coherent = unsafe { bindings::dev_is_dma_coherent(self.dev.as_raw()) };
-            // CAST: the flag is the top bit of the 64-bit size field.
-            let bounced = state.__size & bindings::DMA_IOVA_USE_SWIOTLB as u64 != 0;
-            if coherent && !bounced {
-                return Ok(());
-            }
-            if bounced {
-                // SAFETY: `self.dev` is a valid `struct device`.
-                let boundary = unsafe { bindings::dma_get_merge_boundary(self.dev.as_raw()) };
-                // CAST: the merge boundary is a mask of the low bits of an address.
-                pieces = SegmentLimits::new(usize::MAX, boundary as u64, 1)?;
-            }
+            let boundary = unsafe { bindings::dma_get_merge_boundary(self.dev.as_raw()) };
+            // CAST: the merge boundary is a mask of the low bits of an address.
+            cuts = SegmentLimits::new(usize::MAX, boundary as u64, 1)?;
         }
-        let mut start = 0;
-        for unit in Split::new(units.iter().copied(), pieces) {
-            let unit_end = start + unit.size();
-            if start < end && offset < unit_end {
-                let from = offset.max(start);
-                let to = end.min(unit_end);
-                // SAFETY: `unit` is mapped for `self.dev` (type invariant), which is bound while
-                // the caller holds `&Device<Bound>`; the synced bytes are inside it.
-                unsafe {
-                    sync(
-                        self.dev.as_raw(),
-                        // CAST: an offset inside a mapped unit fits in a DMA address.
-                        unit.dma_addr() + (from - start) as DmaAddress,
-                        to - from,
-                        self.direction.into(),
-                    )
-                };
-            }
-            start = unit_end;
-        }
+        // The links, one per range of the memory, one after the other.
+        let mut link_offset = 0;
+        let links = memory.filter_map(|range| {
+            // CAST: an offset into the IOVA range fits in a DMA address.
+            let addr = linked.range.dma_addr() + link_offset as DmaAddress;
+            link_offset += range.size();
+            // SAFETY: The link of `range` is there.
+            unsafe { DmaRange::from_bus_address(addr, range.size()) }.ok()
+        });
+        sync_pieces(&mut Split::new(links, cuts));
         Ok(())
     }
 }
@@ -575,14 +618,14 @@ impl DmaPath {
 
 impl Drop for Mapped {
     fn drop(&mut self) {
-        if let Some((mut state, size)) = self.iova {
-            // SAFETY: `state` was allocated for `self.dev` with `0..size` linked (type
-            // invariant); the device is bound until the devres callbacks have run.
+        if let Some(linked) = &mut self.linked {
+            // SAFETY: The state was allocated for `self.dev` with all of its range linked
+            // (type invariant); the device is bound until the devres callbacks have run.
             unsafe {
                 bindings::dma_iova_destroy(
                     self.dev.as_raw(),
-                    &mut state,
-                    size,
+                    &mut linked.state,
+                    linked.range.size(),
                     self.direction.into(),
                     self.attrs.as_raw(),
                 )
@@ -594,23 +637,6 @@ impl Drop for Mapped {
             unsafe { self.unmap_one(unit.dma_addr(), unit.size()) };
         }
     }
-}
-
-/// Whether the ranges of `source` can be linked one after the other into one IOVA range: every
-/// range but the first starts on a granule and every range but the last ends on one.
-fn meet_on<S: PhyrRanges>(source: &S, granule: usize) -> bool {
-    let granule = granule as bindings::phys_addr_t;
-    let mut ranges = source.ranges().peekable();
-    let mut first = true;
-    while let Some(range) = ranges.next() {
-        let starts = first || range.paddr() % granule == 0;
-        let ends = ranges.peek().is_none() || range.end() % granule == 0;
-        if !starts || !ends {
-            return false;
-        }
-        first = false;
-    }
-    true
 }
 
 /// The DMA mapping of memory that the mapping owns, for one device and one direction.
@@ -678,7 +704,7 @@ impl<S: DmaMemory> DmaMapping<S> {
         }
         let attrs = if S::MMIO { attrs | mmio } else { attrs };
         let (mapped, path) = Mapped::new(dev, &source, direction, attrs, flags)?;
-        let size = mapped.ranges.iter().map(|range| range.size()).sum();
+        let size = mapped.ranges().iter().map(|range| range.size()).sum();
         Ok(Self {
             mapped: Devres::new(dev, Ok::<_, Error>(mapped))?,
             source,
@@ -691,7 +717,7 @@ impl<S: DmaMemory> DmaMapping<S> {
     ///
     /// Returns [`EINVAL`] if `dev` is not the mapped device.
     pub fn dma_ranges<'a>(&'a self, dev: &'a Device<Bound>) -> Result<&'a [DmaRange]> {
-        Ok(&self.mapped.access(dev)?.ranges)
+        Ok(self.mapped.access(dev)?.ranges())
     }
 
     /// Returns the DMA ranges cut into the segments that `limits` allow, for PRP lists or
@@ -737,9 +763,12 @@ impl<S: DmaMemory> DmaMapping<S> {
     ///
     /// Returns [`ERANGE`] outside the mapping, [`EINVAL`] if `dev` is not the mapped device.
     pub fn sync_for_cpu(&self, dev: &Device<Bound>, offset: usize, size: usize) -> Result {
-        self.mapped
-            .access(dev)?
-            .sync(offset, size, bindings::dma_sync_single_for_cpu)
+        self.mapped.access(dev)?.sync(
+            self.source.ranges(),
+            offset,
+            size,
+            bindings::dma_sync_single_for_cpu,
+        )
     }
 
     /// Gives the bytes `offset..offset + size` of the mapping back to the device after the CPU
@@ -747,9 +776,12 @@ impl<S: DmaMemory> DmaMapping<S> {
     ///
     /// Returns [`ERANGE`] outside the mapping, [`EINVAL`] if `dev` is not the mapped device.
     pub fn sync_for_device(&self, dev: &Device<Bound>, offset: usize, size: usize) -> Result {
-        self.mapped
-            .access(dev)?
-            .sync(offset, size, bindings::dma_sync_single_for_device)
+        self.mapped.access(dev)?.sync(
+            self.source.ranges(),
+            offset,
+            size,
+            bindings::dma_sync_single_for_device,
+        )
     }
 }
 

@@ -563,10 +563,8 @@ fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     )?;
     check_mapping(edu.dev, &mapping, outcome)?;
     // SAFETY: Only the list of ranges is read.
-    check(
-        unsafe { mapping.memory() }.ranges().count() == 4096,
-        "4096 ranges",
-    )?;
+    let memory = unsafe { mapping.memory() };
+    check(memory.ranges().count() == 4096, "4096 ranges")?;
     let mut total = 0;
     let limits = SegmentLimits::new(EDU_BUFFER_SIZE, u64::MAX, 1)?;
     for segment in mapping.segments(edu.dev, limits)? {
@@ -717,10 +715,8 @@ fn mmio_peer(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     let page = Page::alloc_page(GFP_KERNEL)?;
     ram.push(Phyr::new(page.phys_addr(), PAGE_SIZE)?, GFP_KERNEL)?;
     // SAFETY: The list is rejected; nothing is mapped.
-    check(
-        unsafe { MmioRanges::new(ram) }.err() == Some(EINVAL),
-        "RAM as MMIO: EINVAL",
-    )?;
+    let rejected = unsafe { MmioRanges::new(ram) };
+    check(rejected.err() == Some(EINVAL), "RAM as MMIO: EINVAL")?;
     let mut bar = PhyrList::new();
     bar.push(Phyr::new(edu.bar_start, PAGE_SIZE)?, GFP_KERNEL)?;
     // SAFETY: The BAR stays assigned while the device is bound, for all of the test body.
