@@ -4,8 +4,9 @@
 //!
 //! Binds QEMU's `pci-testdev` and, at probe, measures the average time to map and unmap
 //! scattered pages (no page physically after the previous one) and one contiguous 2 MiB buffer
-//! with [`DmaMapping`], the way a driver maps each request. The figures go to the kernel log, one line per case, for comparison with the
-//! C modes of `kernel/dma/map_benchmark.c` measured in the same boot.
+//! with [`DmaMapping`], the way a driver maps each request. The figures go to the kernel log,
+//! one line per case, for comparison with the C modes of `kernel/dma/map_benchmark.c` measured
+//! in the same boot.
 
 use kernel::{
     device::{

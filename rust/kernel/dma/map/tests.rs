@@ -97,6 +97,8 @@ struct Outcome {
     /// DMA addresses that must not translate once the device is unbound.
     dma_addrs: KVec<u64>,
     dev: Option<ARef<Device>>,
+    /// The swiotlb slots in use when the device was bound.
+    swiotlb_used: Option<i64>,
 }
 
 /// The outcome of the test that is running, while its driver is registered.
@@ -136,6 +138,7 @@ impl pci::Driver for EduTest {
             bar_start: pdev.resource_start(0)?,
         };
         outcome.dev = Some(edu.dev.into());
+        outcome.swiotlb_used = swiotlb_used(edu.dev);
         outcome.result = (outcome.body)(&edu, outcome);
         Ok(())
     }
@@ -168,6 +171,7 @@ impl Outcome {
             kept: None,
             dma_addrs: KVec::new(),
             dev: None,
+            swiotlb_used: None,
         }
     }
 }
@@ -391,6 +395,22 @@ fn in_swiotlb(dev: &Device<Bound>, addr: DmaAddress) -> bool {
         let phys = bindings::dma_to_phys(dev.as_raw(), addr);
         !bindings::swiotlb_find_pool(dev.as_raw(), phys).is_null()
     }
+}
+
+/// Returns the number of slots in use in the swiotlb pool of `dev`, if it has one.
+#[cfg(all(CONFIG_SWIOTLB, CONFIG_DEBUG_FS))]
+fn swiotlb_used(dev: &Device) -> Option<i64> {
+    // SAFETY: `dev.as_raw()` is a valid `struct device`; its swiotlb pool, if any, lives as long
+    // as the system, and its counter is read atomically by a volatile read of the aligned word.
+    unsafe {
+        let mem = (*dev.as_raw()).dma_io_tlb_mem;
+        (!mem.is_null()).then(|| ptr::read_volatile(&raw const (*mem).total_used.counter))
+    }
+}
+
+#[cfg(not(all(CONFIG_SWIOTLB, CONFIG_DEBUG_FS)))]
+fn swiotlb_used(_dev: &Device) -> Option<i64> {
+    None
 }
 
 /// Checks that none of the recorded DMA addresses translates any more.
@@ -885,6 +905,11 @@ mod cases {
             return Ok(());
         }
         result?;
+        let dev = outcome.dev.as_ref().ok_or(ENODEV)?;
+        check(
+            swiotlb_used(dev) == outcome.swiotlb_used,
+            "swiotlb slots all given back",
+        )?;
         if expected_path() == Some(DmaPath::Iova) {
             check_unmapped(outcome)?;
         }
