@@ -18,7 +18,7 @@ kunit_machine() {
 	vtd) echo "vtd iommu.strict=1 rust_dma_kunit.path=iova" ;;
 	virtio) echo "virtio rust_dma_kunit.path=iova" ;;
 	passthrough) echo "vtd iommu.passthrough=1 rust_dma_kunit.path=direct" ;;
-	swiotlb) echo "none swiotlb=force rust_dma_kunit.path=bounce" ;;
+	swiotlb) echo "none swiotlb=force,track_hiwater rust_dma_kunit.path=bounce" ;;
 	*) die "unknown KUnit machine '$1' (vtd, virtio, passthrough or swiotlb)" ;;
 	esac
 }

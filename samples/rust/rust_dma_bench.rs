@@ -52,25 +52,21 @@ kernel::pci_device_table!(
 /// The case is named `count` `unit`, e.g. "16 pages".
 fn bench<S: DmaMemory>(dev: &Device<Bound>, count: usize, unit: &str, mut memory: S) -> Result {
     let physical = memory.ranges().count();
-    let mapping = DmaMapping::new(
-        dev,
-        memory,
-        DataDirection::ToDevice,
-        Attrs::default(),
-        GFP_KERNEL,
-    )?;
-    let (path, ranges) = (mapping.path(), mapping.dma_ranges(dev)?.len());
-    memory = mapping.into_memory();
-    let start = Instant::<Monotonic>::now();
-    for _ in 0..ROUNDS {
-        let mapping = DmaMapping::new(
+    let map = |memory| {
+        DmaMapping::new(
             dev,
             memory,
             DataDirection::ToDevice,
             Attrs::default(),
             GFP_KERNEL,
-        )?;
-        memory = mapping.into_memory();
+        )
+    };
+    let mapping = map(memory)?;
+    let (path, ranges) = (mapping.path(), mapping.dma_ranges(dev)?.len());
+    memory = mapping.into_memory();
+    let start = Instant::<Monotonic>::now();
+    for _ in 0..ROUNDS {
+        memory = map(memory)?.into_memory();
     }
     let nanos = start.elapsed().as_nanos() / ROUNDS;
     dev_info!(
