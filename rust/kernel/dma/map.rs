@@ -204,7 +204,7 @@ impl<B> PhyrRanges for KernelBuffer<B> {
 // the `Box` itself, and lists the ranges once. Every bit pattern is a valid `T`.
 unsafe impl<T, A> DmaMemory for KernelBuffer<Box<T, A>>
 where
-    T: AsBytes + FromBytes + Send,
+    T: ?Sized + AsBytes + FromBytes + Send,
     A: KernelAllocator,
 {
 }
