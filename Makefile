@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: GPL-2.0
 # The project's commands. See README.md.
 
-VIOMMU ?=
 SUITE ?=
 CONFIG ?=
 
@@ -20,7 +19,7 @@ series: prepare
 	@bash harness/series.sh
 
 kunit: prepare
-	@bash harness/kunit.sh $(if $(SUITE),-f '$(SUITE)') $(VIOMMU)
+	@bash harness/kunit.sh $(if $(SUITE),-f '$(SUITE)') $(CONFIG)
 
 selftest: prepare
 	@bash harness/selftests.sh $(CONFIG)

@@ -7,8 +7,8 @@
 . "$(dirname "$0")/lib.sh"
 
 mode=${1:-vtd-strict}
-read -r _ viommu args < <(matrix_lines | awk -v name="$mode" '$1 == name') ||
-	die "no configuration '$mode' in harness/matrix"
+matrix_config "$mode" >/dev/null
+read -r viommu args <<<"$(matrix_config "$mode")"
 
 bash "$REPO/harness/prepare.sh"
 bash "$REPO/harness/initramfs.sh"

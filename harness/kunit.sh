@@ -1,9 +1,9 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
-# Runs the KUnit suites with kunit.py under QEMU, once per machine given
-# (default: all four), and records every test case and the kernel log
-# check of each boot.
-# Usage: kunit.sh [-f FILTER_GLOB] [vtd|virtio|passthrough|swiotlb ...]
+# Runs the KUnit suites with kunit.py under QEMU, once per configuration of
+# harness/matrix given (default: all), and records every test case and the
+# kernel log check of each boot.
+# Usage: kunit.sh [-f FILTER_GLOB] [CONFIG ...]
 . "$(dirname "$0")/lib.sh"
 
 filter=
@@ -11,26 +11,15 @@ if [ "${1:-}" = -f ]; then
 	filter=$2
 	shift 2
 fi
-# The KUnit machines: vIOMMU, then kernel arguments, which include the DMA
-# path (rust_dma_kunit.path=) that the DMA mapping tests must see taken.
-kunit_machine() {
-	case $1 in
-	vtd) echo "vtd iommu.strict=1 rust_dma_kunit.path=iova" ;;
-	virtio) echo "virtio rust_dma_kunit.path=iova" ;;
-	passthrough) echo "vtd iommu.passthrough=1 rust_dma_kunit.path=direct" ;;
-	swiotlb) echo "none swiotlb=force,track_hiwater rust_dma_kunit.path=bounce" ;;
-	*) die "unknown KUnit machine '$1' (vtd, virtio, passthrough or swiotlb)" ;;
-	esac
-}
-
-[ $# -gt 0 ] || set -- vtd virtio passthrough swiotlb
-for machine in "$@"; do
-	kunit_machine "$machine" >/dev/null
+# shellcheck disable=SC2046 # one configuration name per word
+[ $# -gt 0 ] || set -- $(matrix_names)
+for name in "$@"; do
+	matrix_config "$name" >/dev/null
 done
 
 failed_before=$(count_failed)
 for machine in "$@"; do
-	read -r viommu args <<<"$(kunit_machine "$machine")"
+	read -r viommu args <<<"$(matrix_config "$machine")"
 	log "KUnit under QEMU q35 + $viommu vIOMMU: $args"
 	json=$OUT/kunit-$machine.json
 	console=$OUT/kunit-$machine.console.log

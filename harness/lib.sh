@@ -109,6 +109,19 @@ matrix_lines() {
 	grep -v -E '^\s*(#|$)' "$REPO/harness/matrix"
 }
 
+matrix_names() {
+	matrix_lines | awk '{ print $1 }'
+}
+
+# Prints the vIOMMU and the kernel arguments of configuration $1 of the
+# matrix; dies if there is none of that name.
+matrix_config() {
+	local config
+	config=$(matrix_lines | awk -v name="$1" '$1 == name { $1 = ""; print }')
+	[ -n "$config" ] || die "no configuration '$1' in harness/matrix"
+	echo "$config"
+}
+
 # QEMU machine arguments for each vIOMMU (vtd, virtio or none).
 viommu_qemu_args() {
 	case $1 in

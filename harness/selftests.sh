@@ -7,10 +7,8 @@
 # Usage: selftests.sh [CONFIG...]
 . "$(dirname "$0")/lib.sh"
 
-matrix=$(matrix_lines)
 for name in "$@"; do
-	awk '{ print $1 }' <<<"$matrix" | grep -qxF "$name" ||
-		die "no configuration '$name' in harness/matrix"
+	matrix_config "$name" >/dev/null
 done
 
 bash "$REPO/harness/initramfs.sh"
@@ -76,6 +74,6 @@ while read -r name viommu args; do
 			n++; fails++
 			printf "FAIL\tselftest/%s/%s\tskipped as a whole: %s\n", cfg, test, $0
 		}' "$logfile" >> "$RESULTS"
-done <<<"$matrix"
+done < <(matrix_lines)
 
 [ "$(count_failed)" = "$failed_before" ]

@@ -327,17 +327,17 @@ impl Mapped {
         // every range but the last ends on one.
         let mut meet = granule.is_some();
         let mut size = 0usize;
+        let mut first = None;
         let mut last_end = None;
         for range in source.ranges() {
-            if last_end.is_some_and(|end| end & mask != 0)
-                || (size > 0 && range.paddr() & mask != 0)
-            {
-                meet = false;
+            if let Some(end) = last_end {
+                meet &= (end | range.paddr()) & mask == 0;
             }
+            first.get_or_insert(range);
             size = size.checked_add(range.size()).ok_or(EOVERFLOW)?;
             last_end = Some(range.end());
         }
-        let first = source.ranges().next().ok_or(EINVAL)?;
+        let first = first.ok_or(EINVAL)?;
         let mut mapped = Self {
             dev: dev.into(),
             direction,
@@ -589,7 +589,8 @@ impl Mapped {
             // CAST: an offset into the IOVA range fits in a DMA address.
             let addr = linked.range.dma_addr() + link_offset as DmaAddress;
             link_offset += range.size();
-            // SAFETY: The link of `range` is there.
+            // SAFETY: `range` is linked at this offset of the IOVA range, which stays linked
+            // while `self` lives.
             unsafe { DmaRange::from_bus_address(addr, range.size()) }.ok()
         });
         sync_pieces(&mut Split::new(links, cuts));
