@@ -12,9 +12,11 @@ seconds=${1:-2}
 bash "$REPO/harness/prepare.sh"
 bash "$REPO/harness/initramfs.sh"
 logfile=$OUT/bench.log
-log "Booting q35 + VT-d (strict) with pci-testdev and edu"
+read -r viommu args <<<"$(matrix_config vtd-strict)"
+log "Booting vtd-strict ($viommu vIOMMU, $args) with pci-testdev and edu"
+# shellcheck disable=SC2086 # kernel arguments are split on purpose
 BOOT_QEMU_ARGS="-device pci-testdev" BOOT_TIMEOUT=1500 \
-	bash "$REPO/harness/boot.sh" "$logfile" vtd iommu.strict=1 "RFL_BENCH=$seconds" || true
+	bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args "RFL_BENCH=$seconds" || true
 grep -q '^RFL-BENCH-END' "$logfile" || die "the benchmark did not finish; see $logfile"
 
 sed -n '/^RFL-BENCH-BEGIN/,/^RFL-BENCH-END/p' "$logfile" | python3 "$REPO/harness/bench_report.py"
