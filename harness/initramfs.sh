@@ -12,7 +12,7 @@ cp /bin/busybox "$stage/bin/busybox"
 install -m 755 "$REPO/harness/guest-init" "$stage/init"
 
 make -s -C "$SRC/tools/testing/selftests" O="$OBJ/kselftest" LLVM=1 \
-	TARGETS=rust_dma INSTALL_PATH="$stage/kselftest" install >/dev/null
+	TARGETS="rust_dma rust_nvme_dma" INSTALL_PATH="$stage/kselftest" install >/dev/null
 kmake -s INSTALL_MOD_PATH="$stage" INSTALL_MOD_STRIP=1 modules_install >/dev/null
 
 # The DMA map benchmark's user tool, against the series' uapi header.

@@ -65,7 +65,8 @@ run_qemu_env() {
 
 # Config fragments of the one guest kernel: relative paths are in the kernel
 # tree, absolute ones in the harness.
-KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config "$REPO/harness/bench.config")
+KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config
+	tools/testing/selftests/rust_nvme_dma/config "$REPO/harness/bench.config")
 
 # kunit.py with the committed config fragments and the toolchain above.
 kunit_py() {
@@ -102,6 +103,10 @@ count_failed() {
 
 # QEMU's DMA test device: the edu device's DMA engine, with a full DMA mask.
 TEST_DEVICE_ARGS="-device edu,dma_mask=0xffffffffffffffff"
+# The guest's NVMe disk; MDTS 10 allows 4 MiB commands, whose PRP lists
+# take more than one page.
+NVME_DISK=$OUT/nvme-disk.img
+NVME_DISK_BYTES=$((64 << 20))
 
 # The machine configurations of harness/matrix, one "name viommu kernel-args"
 # line each.

@@ -3,7 +3,8 @@
 # Runs the kselftests in one QEMU boot per machine configuration of
 # harness/matrix (default: all) and records every KTAP test case, plus one
 # check each that the boot completed, that every installed kselftest ran,
-# that the kernel log is clean and that no page pin leaked.
+# that the kernel log is clean, that no page pin leaked and that the NVMe
+# disk holds the pattern the guest wrote last, from a seed of this boot.
 # Usage: selftests.sh [CONFIG...]
 . "$(dirname "$0")/lib.sh"
 
@@ -22,9 +23,10 @@ while read -r name viommu args; do
 	logfile=$OUT/selftest-$name.log
 	rm -f "$logfile"
 	start=$SECONDS
+	seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
 	rc=0
 	# shellcheck disable=SC2086 # kernel arguments are split on purpose
-	bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args || rc=$?
+	bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args RUST_NVME_DMA_SEED="$seed" || rc=$?
 
 	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
 		record FAIL "selftest/$name/boot" "guest hung: killed after ${BOOT_TIMEOUT:-300} s (see $logfile)"
@@ -43,6 +45,12 @@ while read -r name viommu args; do
 		record FAIL "selftest/$name/pins" "page pins leaked: $pins"
 	else
 		record PASS "selftest/$name/pins" "$pins"
+	fi
+
+	if disk=$(python3 "$REPO/harness/nvme_disk_check.py" "$NVME_DISK" "$seed" 2>&1); then
+		record PASS "selftest/$name/nvme_disk" "$disk"
+	else
+		record FAIL "selftest/$name/nvme_disk" "$disk"
 	fi
 
 	for test in $tests; do

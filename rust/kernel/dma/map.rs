@@ -721,6 +721,35 @@ impl<S: DmaMemory> DmaMapping<S> {
         Ok(self.mapped.access(dev)?.ranges())
     }
 
+    /// Returns the DMA ranges of the bytes `offset..offset + size` of the mapping, in order: what
+    /// one command moves when a device takes a request in several.
+    ///
+    /// Returns [`ERANGE`] if the bytes are empty or not all mapped, [`EINVAL`] if `dev` is not
+    /// the mapped device.
+    pub fn dma_ranges_of<'a>(
+        &'a self,
+        dev: &'a Device<Bound>,
+        offset: usize,
+        size: usize,
+    ) -> Result<impl Iterator<Item = DmaRange> + 'a> {
+        let end = offset
+            .checked_add(size)
+            .filter(|&end| size > 0 && end <= self.size)
+            .ok_or(ERANGE)?;
+        let mut start = 0;
+        Ok(self.dma_ranges(dev)?.iter().filter_map(move |range| {
+            let (from, to) = (offset.max(start), end.min(start + range.size()));
+            let part = (from < to).then(|| {
+                // CAST: an offset inside a mapped range fits in a DMA address.
+                let addr = range.dma_addr() + (from - start) as DmaAddress;
+                // SAFETY: The bytes are a non-empty part of a mapped range.
+                unsafe { DmaRange::from_bus_address(addr, to - from) }
+            });
+            start += range.size();
+            part?.ok()
+        }))
+    }
+
     /// Returns the DMA ranges cut into the segments that `limits` allow, for PRP lists or
     /// scatter/gather descriptors.
     pub fn segments<'a>(
