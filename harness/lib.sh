@@ -103,8 +103,8 @@ count_failed() {
 
 # QEMU's DMA test device: the edu device's DMA engine, with a full DMA mask.
 TEST_DEVICE_ARGS="-device edu,dma_mask=0xffffffffffffffff"
-# The guest's NVMe disk; MDTS 10 allows 4 MiB commands, whose PRP lists
-# take more than one page.
+# The guest's NVMe disk. MDTS 10 allows commands whose PRP lists take more
+# than one page (the sample caps them at 1024 pages).
 NVME_DISK=$OUT/nvme-disk.img
 NVME_DISK_BYTES=$((64 << 20))
 

@@ -6,7 +6,8 @@
  * writes move whole logical blocks of namespace 1 between the device and a
  * user buffer: either zero-copy (the buffer is pinned and mapped) or through
  * a kernel buffer of the kind a flag names (the sample copies to or from
- * user memory).
+ * user memory). A request is mapped once and cut into commands of at most
+ * max_transfer bytes; with SGLs, also of at most max_sgl_blocks DMA ranges.
  *
  * Errors: EINVAL (zero length, length not a multiple of the block size,
  * unknown flags or both kernel-buffer flags, PRPs with a buffer not aligned
@@ -47,7 +48,7 @@ struct rust_nvme_info {
 	__u32 max_request;	/* bytes per read or write request */
 	__u32 max_contiguous;	/* bytes per RUST_NVME_IO_CONTIGUOUS request */
 	__u32 queue_entries;	/* entries of the I/O submission queue */
-	__u32 reserved;
+	__u32 max_sgl_blocks;	/* SGL data blocks per command */
 };
 
 struct rust_nvme_io {

@@ -129,8 +129,23 @@ const CTRL_PAGE: usize = 4096;
 const ADMIN_ENTRIES: u16 = 32;
 const IO_ENTRIES: u16 = 64;
 const IO_QUEUE: u16 = 1;
-/// Cap on the bytes of one command, whatever MDTS allows.
-const MAX_TRANSFER: usize = 4 << 20;
+/// Cap on the bytes of one command, whatever MDTS allows: at any offset, they touch at most 1024
+/// pages, the most that QEMU's controller maps for one command.
+const MAX_TRANSFER: usize = 1023 * CTRL_PAGE;
+/// Data blocks of one SGL command: two segments, the first chaining the second. QEMU's
+/// controller rejects some longer chains: it reads the type of the segment it is in from the
+/// descriptor that led to it after overwriting that with the segment's own descriptors.
+const MAX_SGL_BLOCKS: usize = 2 * (CTRL_PAGE / SGL_DESCRIPTOR_SIZE) - 1;
+/// Pages for the lists of the largest command: PRP lists, whose last entry chains the next list
+/// where more entries follow, for all its pages but the first; or the two SGL segments.
+const LIST_PAGES: usize = {
+    let prp_lists = (MAX_TRANSFER / CTRL_PAGE - 1).div_ceil(CTRL_PAGE / 8 - 1);
+    if prp_lists > 2 {
+        prp_lists
+    } else {
+        2
+    }
+};
 const MAX_REQUEST: usize = 16 << 20;
 const MAX_CONTIGUOUS: usize = 2 << 20;
 const COMMAND_TIMEOUT: Delta = Delta::from_secs(30);
@@ -155,7 +170,7 @@ struct Info {
     max_request: u32,
     max_contiguous: u32,
     queue_entries: u32,
-    reserved: u32,
+    max_sgl_blocks: u32,
 }
 
 /// `struct rust_nvme_io`.
@@ -406,7 +421,7 @@ impl Controller {
         wait_status(regs, CSTS_READY, 0, timeout)?;
         let admin = Queue::new(dev, 0, ADMIN_ENTRIES)?;
         let io = Queue::new(dev, IO_QUEUE, io_entries)?;
-        let list_entries = CTRL_PAGE / 8 * list_pages_needed(MAX_TRANSFER);
+        let list_entries = CTRL_PAGE / 8 * LIST_PAGES;
         let lists = Coherent::zeroed_slice(dev, list_entries, GFP_KERNEL)?;
 
         // Polled: mask the pin-based interrupt; MSI and MSI-X stay disabled.
@@ -509,7 +524,7 @@ impl Controller {
             max_request: u32::try_from(MAX_REQUEST)?,
             max_contiguous: u32::try_from(MAX_CONTIGUOUS)?,
             queue_entries: u32::from(self.io.entries),
-            reserved: 0,
+            max_sgl_blocks: u32::try_from(MAX_SGL_BLOCKS)?,
         };
         info.serial.copy_from_slice(&controller[4..24]);
         info.model.copy_from_slice(&controller[24..64]);
@@ -680,7 +695,16 @@ impl Controller {
 
         let mut offset = 0;
         while offset < request.len {
-            let size = (request.len - offset).min(request.max_transfer);
+            let mut size = (request.len - offset).min(request.max_transfer);
+            if let Descriptors::Sgl { .. } = request.kind {
+                // End the command with the last data block that fits, on a logical block.
+                let ranges = mapping.dma_ranges_of(dev, offset, size)?;
+                let fits: usize = ranges.take(MAX_SGL_BLOCKS).map(|range| range.size()).sum();
+                size = fits & !((1 << request.block_shift) - 1);
+                if size == 0 {
+                    return Err(EINVAL);
+                }
+            }
             let lba = request.lba + u64::from_safe_cast(offset >> request.block_shift);
             let blocks = u32::try_from(size >> request.block_shift)?;
             let mut command = Command::new(opcode, NAMESPACE);
@@ -834,12 +858,6 @@ fn put_le<const N: usize>(slot: Option<&mut [u64]>, words: [u64; N]) -> Result {
         *dst = src.to_le();
     }
     Ok(())
-}
-
-/// Pages of PRP lists or SGL segments that a command of `max_transfer` bytes may need: at most
-/// one SGL data block per page it touches, 16 bytes each, one per page kept for chaining.
-const fn list_pages_needed(max_transfer: usize) -> usize {
-    (max_transfer / CTRL_PAGE + 1).div_ceil(CTRL_PAGE / SGL_DESCRIPTOR_SIZE - 1)
 }
 
 /// A validated read or write request.

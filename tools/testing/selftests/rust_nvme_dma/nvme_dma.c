@@ -346,8 +346,9 @@ static void check_io(struct __test_metadata *_metadata, struct nvme_state *s,
 		"; path %u, RUST_NVME_DMA_PATH not iova, direct or bounce", io->path);
 	problem(problems, n, s->path >= 0 && io->path != (__u32)s->path,
 		"; path %u, expected %d", io->path, s->path);
-	problem(problems, n, io->commands != commands,
-		"; %u commands, expected %u", io->commands, commands);
+	/* SGL commands also end at max_sgl_blocks data blocks. */
+	problem(problems, n, sgl ? io->commands < commands : io->commands != commands,
+		"; %u commands, expected %s%u", io->commands, sgl ? "at least " : "", commands);
 	problem(problems, n, io->dma_ranges < 1 || io->dma_ranges > hi,
 		"; %u DMA ranges, expected 1 to %u", io->dma_ranges, hi);
 	/* One IOVA range; a kmalloc buffer is physically contiguous. */
@@ -356,10 +357,13 @@ static void check_io(struct __test_metadata *_metadata, struct nvme_state *s,
 	problem(problems, n, one_range && io->dma_ranges != 1,
 		"; %u DMA ranges, expected 1", io->dma_ranges);
 	if (sgl) {
-		max = min_u64(hi, io->dma_ranges + commands - 1);
-		problem(problems, n, io->descriptors < commands || io->descriptors > max,
-			"; %u SGL descriptors, expected %u to %llu", io->descriptors, commands,
-			(unsigned long long)max);
+		max = min_u64((__u64)io->commands * s->info.max_sgl_blocks,
+			      io->dma_ranges + io->commands - 1);
+		problem(problems, n, io->descriptors < io->commands || io->descriptors > max,
+			"; %u SGL descriptors, expected %u to %llu", io->descriptors,
+			io->commands, (unsigned long long)max);
+		problem(problems, n, io->list_pages > 2 * io->commands,
+			"; %u SGL segments, expected at most 2 per command", io->list_pages);
 	} else {
 		problem(problems, n, io->descriptors < lo || io->descriptors > hi,
 			"; %u PRP entries, expected %u to %u", io->descriptors, lo, hi);
@@ -597,6 +601,8 @@ TEST_F_TIMEOUT(nvme, info, 60)
 	EXPECT_LE(info->max_contiguous, info->max_request);
 	EXPECT_EQ(1, info->sgl);
 	EXPECT_LE(2U, info->queue_entries);
+	/* At least a segment of SGL data blocks. */
+	EXPECT_LE(256U, info->max_sgl_blocks);
 	EXPECT_LE(0, s->path) TH_LOG("RUST_NVME_DMA_PATH is not iova, direct or bounce");
 
 	/* Identify's VID is the PCI vendor of the function. */
@@ -766,6 +772,58 @@ TEST_F_TIMEOUT(nvme, user_hugetlb, 120)
 	huge_round_trips(_metadata, s, bufs[0], bufs[1]);
 	for (i = 0; i < 2; i++)
 		munmap(bufs[i], size);
+}
+
+/* SGL segments for @n data blocks: 256 descriptors a page, one chaining. */
+static __u32 sgl_segments(__u32 n)
+{
+	if (n <= 1)
+		return 0;
+	return n <= 256 ? 1 : (n - 1 + 254) / 255;
+}
+
+/*
+ * Buffers whose pages are faulted in from the last to the first, so that no
+ * page is physically followed by the next one of the buffer: on the direct
+ * path an SGL takes one data block per page, more than a segment holds, so
+ * segments are chained and commands end at max_sgl_blocks.
+ */
+TEST_F_TIMEOUT(nvme, user_scattered, 120)
+{
+	static const __u32 flags[] = { SGL, 0 };
+	struct nvme_state *s = &self->n;
+	__u64 len = request_len(s, s->info.max_transfer, 0);
+	struct rust_nvme_io wio, rio;
+	__u32 blocks;
+	char *bufs[2];
+	unsigned int i;
+	size_t off;
+
+	for (i = 0; i < 2; i++) {
+		bufs[i] = map(len, PROT_READ | PROT_WRITE);
+		ASSERT_NE(NULL, bufs[i]);
+		ASSERT_EQ(0, madvise(bufs[i], len, MADV_NOHUGEPAGE));
+		for (off = len; off >= NVME_PAGE; off -= NVME_PAGE)
+			bufs[i][off - NVME_PAGE] = 1;
+	}
+	for (i = 0; i < ARRAY_SIZE(flags); i++) {
+		round_trip(_metadata, s, bufs[0], bufs[1], len, random_lba(s, len), flags[i],
+			   &wio, &rio);
+		TH_LOG("%llu bytes, %s: %u DMA ranges, %u descriptors, %u list pages",
+		       (unsigned long long)len, flags[i] & SGL ? "sgl" : "prp",
+		       wio.dma_ranges, wio.descriptors, wio.list_pages);
+		if (s->path != RUST_NVME_PATH_DIRECT || !(flags[i] & SGL))
+			continue;
+		/* Page-sized ranges: commands end on them, max_sgl_blocks each. */
+		blocks = s->info.max_sgl_blocks;
+		EXPECT_LT(blocks, wio.dma_ranges);
+		EXPECT_EQ(wio.dma_ranges, wio.descriptors);
+		EXPECT_EQ((wio.dma_ranges + blocks - 1) / blocks, wio.commands);
+		EXPECT_EQ(wio.dma_ranges / blocks * sgl_segments(blocks) +
+			  sgl_segments(wio.dma_ranges % blocks), wio.list_pages);
+	}
+	for (i = 0; i < 2; i++)
+		munmap(bufs[i], len);
 }
 
 /*
