@@ -432,7 +432,6 @@ impl Controller {
             (admin.submissions.dma_address(), REG_ASQ_LO, REG_ASQ_HI),
             (admin.completions.dma_address(), REG_ACQ_LO, REG_ACQ_HI),
         ] {
-            let addr = u64::from(addr);
             // CAST: the halves of a 64-bit address.
             regs.write32(addr as u32, low);
             regs.write32((addr >> 32) as u32, high);
@@ -533,14 +532,14 @@ impl Controller {
         let (io_id, size) = (u32::from(IO_QUEUE), u32::from(self.io.entries - 1));
         let create_cq = Command::admin(
             ADMIN_CREATE_CQ,
-            u64::from(self.io.completions.dma_address()),
+            self.io.completions.dma_address(),
             size << 16 | io_id,
             1,
         );
         self.admin(dev, create_cq)?;
         let create_sq = Command::admin(
             ADMIN_CREATE_SQ,
-            u64::from(self.io.submissions.dma_address()),
+            self.io.submissions.dma_address(),
             size << 16 | io_id,
             io_id << 16 | 1,
         );
@@ -570,7 +569,7 @@ impl Controller {
         command: &mut Command,
     ) -> Result<DescriptorCount> {
         let ranges = mapping.dma_ranges_of(dev, offset, size)?;
-        let lists_addr = u64::from(self.lists.dma_address());
+        let lists_addr = self.lists.dma_address();
         // SAFETY: No command is in flight (`&mut self`), so the controller does not read the
         // list pages while they are written.
         let lists = unsafe { self.lists.as_mut() };
@@ -581,7 +580,7 @@ impl Controller {
                 let mut entries = KVec::new();
                 let mut split = Split::new(ranges, limits).peekable();
                 while let Some(entry) = split.next() {
-                    let (start, end) = (u64::from(entry.dma_addr()), u64::from(entry.end()));
+                    let (start, end) = (entry.dma_addr(), entry.end());
                     let inner_start = !entries.is_empty() && start % page != 0;
                     let inner_end = split.peek().is_some() && end % page != 0;
                     if start % 4 != 0 || inner_start || inner_end {
@@ -607,7 +606,7 @@ impl Controller {
             Descriptors::Sgl { dword_aligned } => {
                 let mut blocks = KVec::new();
                 for range in ranges {
-                    let addr = u64::from(range.dma_addr());
+                    let addr = range.dma_addr();
                     if dword_aligned && addr % 4 != 0 {
                         return Err(EINVAL);
                     }
@@ -918,10 +917,10 @@ impl Shared {
             .filter(|&len| len <= limit)
             .ok_or(E2BIG)?;
         let blocks = args.len >> self.identity.block_shift;
-        if !args
+        if args
             .lba
             .checked_add(blocks)
-            .is_some_and(|end| end <= info.blocks)
+            .is_none_or(|end| end > info.blocks)
         {
             return Err(ERANGE);
         }
@@ -1020,8 +1019,8 @@ impl MiscDevice for NvmeFile {
         )?)
     }
 
-    fn ioctl(file: &NvmeFile, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let shared = &file.shared;
+    fn ioctl(this: &NvmeFile, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let shared = &this.shared;
         let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
         match cmd {
