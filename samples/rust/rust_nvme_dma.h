@@ -25,9 +25,9 @@
 #include <linux/types.h>
 
 /* struct rust_nvme_io.flags */
-#define RUST_NVME_IO_SGL	(1U << 0) /* SGL descriptors, not PRPs */
-#define RUST_NVME_IO_VMALLOC	(1U << 1) /* through a vmalloc'ed kernel buffer */
-#define RUST_NVME_IO_CONTIGUOUS	(1U << 2) /* through a kmalloc'ed kernel buffer */
+#define RUST_NVME_IO_SGL	0x1 /* SGL descriptors, not PRPs */
+#define RUST_NVME_IO_VMALLOC	0x2 /* through a vmalloc'ed kernel buffer */
+#define RUST_NVME_IO_CONTIGUOUS	0x4 /* through a kmalloc'ed kernel buffer */
 
 /* DMA paths, as in kernel::dma::map::DmaPath */
 #define RUST_NVME_PATH_IOVA	0 /* one IOVA range, linked page by page */

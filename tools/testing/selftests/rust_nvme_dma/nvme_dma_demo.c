@@ -84,9 +84,11 @@ int main(void)
 	}
 	printf("controller: %.40s, serial %.20s, firmware %.8s, PCI vendor 0x%04x\n",
 	       info.model, info.serial, info.firmware, info.pci_vendor);
-	printf("namespace 1: %llu blocks of %u bytes; %u bytes per command, SGLs %s, %u queue entries\n",
-	       (unsigned long long)info.blocks, info.block_size, info.max_transfer,
-	       info.sgl ? "yes" : "no", info.queue_entries);
+	printf("namespace 1: %llu blocks of %u bytes\n", (unsigned long long)info.blocks,
+	       info.block_size);
+	printf("per command: %u bytes, %u SGL data blocks (SGLs %s); %u queue entries\n",
+	       info.max_transfer, info.max_sgl_blocks, info.sgl ? "yes" : "no",
+	       info.queue_entries);
 
 	out = map_buffer(DEMO_BYTES);
 	in = map_buffer(DEMO_BYTES);
@@ -128,22 +130,21 @@ int main(void)
 		perror("RUST_NVME_IOC_STATS");
 		return 1;
 	}
-	printf("device statistics: %llu commands, %llu bytes written, %llu bytes read, %llu mappings (iova %llu, iommu %llu, direct %llu, bounce %llu), %llu DMA ranges, %llu IOTLB syncs (dma_iova_sync), %llu PRP entries in %llu list pages, %llu SGL data blocks in %llu segments, %llu failed requests\n",
-	       (unsigned long long)stats.commands,
-	       (unsigned long long)stats.bytes_written,
-	       (unsigned long long)stats.bytes_read,
+	printf("device statistics: %llu commands, %llu bytes written, %llu bytes read\n",
+	       (unsigned long long)stats.commands, (unsigned long long)stats.bytes_written,
+	       (unsigned long long)stats.bytes_read);
+	printf("  %llu mappings: iova %llu, iommu %llu, direct %llu, bounce %llu\n",
 	       (unsigned long long)stats.mappings,
 	       (unsigned long long)stats.paths[RUST_NVME_PATH_IOVA],
 	       (unsigned long long)stats.paths[RUST_NVME_PATH_IOMMU],
 	       (unsigned long long)stats.paths[RUST_NVME_PATH_DIRECT],
-	       (unsigned long long)stats.paths[RUST_NVME_PATH_BOUNCE],
-	       (unsigned long long)stats.dma_ranges,
-	       (unsigned long long)stats.iova_syncs,
-	       (unsigned long long)stats.prp_entries,
-	       (unsigned long long)stats.prp_list_pages,
-	       (unsigned long long)stats.sgl_descriptors,
-	       (unsigned long long)stats.sgl_segments,
-	       (unsigned long long)stats.failed_requests);
+	       (unsigned long long)stats.paths[RUST_NVME_PATH_BOUNCE]);
+	printf("  %llu DMA ranges, %llu IOTLB syncs (dma_iova_sync calls)\n",
+	       (unsigned long long)stats.dma_ranges, (unsigned long long)stats.iova_syncs);
+	printf("  %llu PRP entries in %llu list pages, %llu SGL data blocks in %llu segments\n",
+	       (unsigned long long)stats.prp_entries, (unsigned long long)stats.prp_list_pages,
+	       (unsigned long long)stats.sgl_descriptors, (unsigned long long)stats.sgl_segments);
+	printf("  %llu failed requests\n", (unsigned long long)stats.failed_requests);
 	close(fd);
 	return 0;
 }
