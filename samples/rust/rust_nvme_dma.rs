@@ -69,6 +69,10 @@ use kernel::{
             Full,
             Release, //
         },
+        barrier::{
+            dma_mb,
+            Read, //
+        },
         Arc,
         Mutex, //
     },
@@ -206,9 +210,9 @@ struct Stats {
     failed_requests: u64,
 }
 
-// SAFETY: `Info`, `IoArgs` and `Stats` are integers and byte arrays laid out without padding
-// (checked below against the C header's sizes), so any bytes are a valid value and all of their
-// bytes are initialized.
+// SAFETY: `Info`, `IoArgs` and `Stats` are `repr(C)` integers and byte arrays whose size is the
+// sum of their fields' sizes (checked below, the sizes of the C header's structs), so they have
+// no padding: any bytes are a valid value and all of their bytes are initialized.
 unsafe impl FromBytes for Info {}
 // SAFETY: See above.
 unsafe impl AsBytes for Info {}
@@ -241,14 +245,10 @@ impl Command {
 
     fn admin(opcode: u8, data: u64, cdw10: u32, cdw11: u32) -> Self {
         let mut command = Self::new(opcode, 0);
-        command.set_prps(data, 0);
+        command.set_pointer(data, 0);
         command.0[10] = cdw10;
         command.0[11] = cdw11;
         command
-    }
-
-    fn set_prps(&mut self, prp1: u64, prp2: u64) {
-        self.set_pointer(prp1, prp2);
     }
 
     fn set_sgl(&mut self, descriptor: [u64; 2]) {
@@ -256,7 +256,7 @@ impl Command {
         self.set_pointer(descriptor[0], descriptor[1]);
     }
 
-    /// Sets the data pointer, dwords 6 to 9.
+    /// Sets the data pointer, dwords 6 to 9: PRP1 and PRP2, or an SGL descriptor.
     fn set_pointer(&mut self, low: u64, high: u64) {
         for (i, value) in [low, high].into_iter().enumerate() {
             // CAST: the halves of a 64-bit value.
@@ -267,20 +267,31 @@ impl Command {
 }
 
 /// A submission and completion queue pair in coherent memory, polled for completions.
+///
+/// # Invariants
+///
+/// `submissions` holds `entries` entries of 16 dwords, `completions` `entries` entries of 4
+/// dwords; `tail` and `head` are less than `entries`.
 struct Queue {
+    /// Queue identifier: 0 for the admin queue.
     id: u16,
     entries: u16,
     submissions: Coherent<[u32]>,
     completions: Coherent<[u32]>,
+    /// Next submission slot.
     tail: u16,
+    /// Next completion slot.
     head: u16,
+    /// Phase tag of the completions expected at `head`.
     phase: bool,
+    /// Command identifier of the next command.
     next_id: u16,
 }
 
 impl Queue {
     fn new(dev: &device::Device<Bound>, id: u16, entries: u16) -> Result<Self> {
         let entries_usize = usize::from(entries);
+        // INVARIANT: sizes as documented, `tail` and `head` at 0, and `entries >= 2`.
         Ok(Self {
             id,
             entries,
@@ -293,16 +304,16 @@ impl Queue {
         })
     }
 
-    /// Returns the offset of the queue's submission (0) or completion (1) doorbell.
-    fn doorbell(&self, stride: usize, completion: usize) -> usize {
-        DOORBELLS + (2 * usize::from(self.id) + completion) * stride
+    /// Returns the offset of the queue's submission or completion doorbell.
+    fn doorbell(&self, stride: usize, completion: bool) -> usize {
+        DOORBELLS + (2 * usize::from(self.id) + usize::from(completion)) * stride
     }
 
     /// Submits `command`, waits for its completion and returns its status (zero on success).
     ///
-    /// Returns [`ETIMEDOUT`] if the controller does not complete it within
-    /// [`COMMAND_TIMEOUT`]; the caller must then stop the controller before it frees memory
-    /// that the command could still access.
+    /// On error ([`ETIMEDOUT`] after [`COMMAND_TIMEOUT`], [`EIO`] for a completion of another
+    /// command, or a doorbell outside the BAR) the command may still be in flight: the caller
+    /// must stop the controller before it frees memory that the command could access.
     fn submit(
         &mut self,
         bar: &pci::Bar<'_, BAR_SIZE>,
@@ -311,24 +322,28 @@ impl Queue {
     ) -> Result<u32> {
         let Command(mut dwords) = command;
         let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1);
+        // Identifier 0xffff is reserved.
+        self.next_id = (id + 1) % 0xffff;
         dwords[0] |= u32::from(id) << 16;
+        let entry = self.submissions.as_mut_ptr().cast::<u32>();
         let slot = usize::from(self.tail) * 16;
         for (i, dword) in dwords.iter().enumerate() {
-            let entry = self.submissions.as_mut_ptr().cast::<u32>();
-            // SAFETY: `slot + i` is inside the queue, and the controller does not read the slot
-            // before the doorbell below announces it; volatile since it reads it afterwards.
+            // SAFETY: `slot + i` is inside the queue (type invariants), and the controller does
+            // not read the slot before the doorbell below announces it; volatile since it reads
+            // it afterwards.
             unsafe { entry.add(slot + i).write_volatile(dword.to_le()) };
         }
-        self.tail = (self.tail + 1) % self.entries;
+        let tail = (self.tail + 1) % self.entries;
         // `writel()` orders the entry's writes before the doorbell.
-        bar.try_write32(u32::from(self.tail), self.doorbell(stride, 0))?;
+        bar.try_write32(u32::from(tail), self.doorbell(stride, false))?;
+        // INVARIANT: less than `entries`.
+        self.tail = tail;
 
         let status_dword = usize::from(self.head) * 4 + 3;
         let read_status = || {
             let completion = self.completions.as_ptr().cast::<u32>();
-            // SAFETY: `status_dword` is inside the queue; the controller writes it, hence the
-            // volatile read.
+            // SAFETY: `status_dword` is inside the queue (type invariants); the controller writes
+            // it, hence the volatile read.
             Ok(u32::from_le(unsafe {
                 completion.add(status_dword).read_volatile()
             }))
@@ -340,11 +355,14 @@ impl Queue {
             POLL_INTERVAL,
             COMMAND_TIMEOUT,
         )?;
+        // Read what the controller wrote for the command only after its completion.
+        dma_mb(Read);
+        // INVARIANT: less than `entries`.
         self.head = (self.head + 1) % self.entries;
         if self.head == 0 {
             self.phase = !self.phase;
         }
-        bar.try_write32(u32::from(self.head), self.doorbell(stride, 1))?;
+        bar.try_write32(u32::from(self.head), self.doorbell(stride, true))?;
         // One command at a time: the completion is the submitted command's.
         if status & 0xffff != u32::from(id) {
             return Err(EIO);
@@ -354,10 +372,10 @@ impl Queue {
 }
 
 /// How a command's data is described to the controller.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Descriptors {
     Prp,
-    /// SGLs; `dword_aligned` if data blocks must start on 4 bytes.
+    /// SGLs; `dword_aligned` if data blocks must start and end on 4 bytes.
     Sgl {
         dword_aligned: bool,
     },
@@ -377,11 +395,23 @@ struct Identity {
     sgl: Option<Descriptors>,
 }
 
+/// What is left of a controller after a command was lost (a timeout).
+#[derive(Clone, Copy, PartialEq)]
+enum Health {
+    Working,
+    /// Disabled after a lost command: it reset, aborting the command.
+    Stopped,
+    /// Disabled after a lost command, but it did not report the reset: the memory of the command
+    /// stays allocated and mapped until bus mastering is cleared.
+    Hung,
+}
+
 /// An enabled controller with its admin and I/O queues.
 ///
 /// # Invariants
 ///
-/// Exists only while the device is bound; [`NvmeDriver::unbind`] stops and drops it.
+/// Exists only while the device is bound: [`NvmeDriver::unbind`] stops and drops it. No command
+/// is in flight unless `health` is [`Health::Hung`].
 struct Controller {
     pdev: ARef<pci::Device>,
     bar: DevresBar<BAR_SIZE>,
@@ -391,8 +421,7 @@ struct Controller {
     io: Queue,
     /// Pages for PRP lists and SGL segments, enough for the largest command.
     lists: Coherent<[u64]>,
-    /// Set when a command timed out: the controller was disabled.
-    failed: bool,
+    health: Health,
 }
 
 impl Controller {
@@ -413,60 +442,88 @@ impl Controller {
         let stride = 4 << ((cap >> 32) & 0xf) as usize;
         // CAST: masked to 16 bits; the field is the number of entries minus one.
         let max_entries = (cap & 0xffff) as u32 + 1;
+        if max_entries < 2 {
+            return Err(ENODEV);
+        }
         let io_entries = u16::try_from(max_entries.min(u32::from(IO_ENTRIES)))?;
 
         if regs.read32(REG_CC) & CC_ENABLE != 0 {
             regs.write32(0, REG_CC);
         }
         wait_status(regs, CSTS_READY, 0, timeout)?;
-        let admin = Queue::new(dev, 0, ADMIN_ENTRIES)?;
-        let io = Queue::new(dev, IO_QUEUE, io_entries)?;
-        let list_entries = CTRL_PAGE / 8 * LIST_PAGES;
-        let lists = Coherent::zeroed_slice(dev, list_entries, GFP_KERNEL)?;
+        // INVARIANT: bound (the caller holds `&Device<Bound>`), disabled, no command.
+        let controller = Self {
+            pdev: pdev.into(),
+            admin: Queue::new(dev, 0, ADMIN_ENTRIES)?,
+            io: Queue::new(dev, IO_QUEUE, io_entries)?,
+            lists: Coherent::zeroed_slice(dev, CTRL_PAGE / 8 * LIST_PAGES, GFP_KERNEL)?,
+            bar,
+            stride,
+            timeout,
+            health: Health::Working,
+        };
+        let regs = controller.bar.access(dev)?;
+        // The doorbells of both queues must be inside the BAR.
+        regs.try_read32(controller.io.doorbell(stride, true))
+            .map_err(|_| ENODEV)?;
 
         // Polled: mask the pin-based interrupt; MSI and MSI-X stay disabled.
         regs.write32(u32::MAX, REG_INTMS);
         let size = u32::from(ADMIN_ENTRIES - 1);
         regs.write32(size << 16 | size, REG_AQA);
         for (addr, low, high) in [
-            (admin.submissions.dma_address(), REG_ASQ_LO, REG_ASQ_HI),
-            (admin.completions.dma_address(), REG_ACQ_LO, REG_ACQ_HI),
+            (
+                controller.admin.submissions.dma_address(),
+                REG_ASQ_LO,
+                REG_ASQ_HI,
+            ),
+            (
+                controller.admin.completions.dma_address(),
+                REG_ACQ_LO,
+                REG_ACQ_HI,
+            ),
         ] {
             // CAST: the halves of a 64-bit address.
             regs.write32(addr as u32, low);
             regs.write32((addr >> 32) as u32, high);
         }
         regs.write32(CC_CONFIG | CC_ENABLE, REG_CC);
+        // On error, dropping `controller` disables it again.
         wait_status(regs, CSTS_READY, CSTS_READY, timeout)?;
-
-        Ok(Self {
-            pdev: pdev.into(),
-            bar,
-            stride,
-            timeout,
-            admin,
-            io,
-            lists,
-            failed: false,
-        })
+        Ok(controller)
     }
 
-    /// Submits an admin command and fails with [`EIO`] if the controller fails it.
-    fn admin(&mut self, dev: &device::Device<Bound>, command: Command) -> Result {
-        let bar = self.bar.access(dev)?;
-        let status = self
-            .admin
-            .submit(bar, self.stride, command)
-            .inspect_err(|e| {
-                if *e == ETIMEDOUT {
-                    self.failed = true;
-                }
-            })?;
-        if status != 0 {
-            dev_err!(self.pdev, "admin command failed with status {status:#x}\n");
+    /// Submits `command` to the admin or the I/O queue and waits for its completion.
+    ///
+    /// Returns [`EIO`] if the controller failed the command or was stopped before. A command
+    /// that may still be in flight (timeout) disables the controller; the caller must not free
+    /// the command's memory if it is then [`Health::Hung`].
+    fn execute(&mut self, dev: &device::Device<Bound>, io: bool, command: Command) -> Result {
+        if self.health != Health::Working {
             return Err(EIO);
         }
-        Ok(())
+        let bar = self.bar.access(dev)?;
+        let queue = if io { &mut self.io } else { &mut self.admin };
+        match queue.submit(bar, self.stride, command) {
+            Ok(0) => Ok(()),
+            Ok(status) => {
+                dev_err!(self.pdev, "command failed with status {status:#x}\n");
+                Err(EIO)
+            }
+            Err(e) => {
+                dev_err!(
+                    self.pdev,
+                    "command lost ({e:?}), disabling the controller\n"
+                );
+                bar.write32(0, REG_CC);
+                // INVARIANT: a controller that reports the reset has aborted the command.
+                self.health = match wait_status(bar, CSTS_READY, 0, self.timeout) {
+                    Ok(()) => Health::Stopped,
+                    Err(_) => Health::Hung,
+                };
+                Err(e)
+            }
+        }
     }
 
     /// Reads an Identify data structure with a command whose buffer is mapped like any other.
@@ -482,41 +539,64 @@ impl Controller {
         let mut command = Command::new(ADMIN_IDENTIFY, nsid);
         command.0[10] = cns;
         self.describe(dev, &mapping, 0, CTRL_PAGE, Descriptors::Prp, &mut command)?;
-        self.admin(dev, command)?;
-        Ok(mapping.into_memory().into_inner())
+        let result = self.execute(dev, false, command);
+        self.settle(result, mapping).map(KernelBuffer::into_inner)
     }
 
     /// Identifies controller and namespace 1 and creates the I/O queue pair.
     fn setup(&mut self, dev: &device::Device<Bound>) -> Result<Identity> {
         let controller = self.identify(dev, IDENTIFY_CONTROLLER, 0)?;
         let namespace = self.identify(dev, IDENTIFY_NAMESPACE, NAMESPACE)?;
-        let le16 = |data: &[u8], at: usize| u16::from_le_bytes([data[at], data[at + 1]]);
-        let le32 = |data: &[u8], at: usize| {
+        // Fixed-size views: every offset below is checked at compile time.
+        fn page(data: &[u8]) -> Result<&[u8; CTRL_PAGE]> {
+            data.try_into().map_err(|_| EIO)
+        }
+        let (controller, namespace) = (page(&controller)?, page(&namespace)?);
+        let le16 = |data: &[u8; CTRL_PAGE], at: usize| u16::from_le_bytes([data[at], data[at + 1]]);
+        let le32 = |data: &[u8; CTRL_PAGE], at: usize| {
             u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
         };
-        let le64 =
-            |data: &[u8], at| u64::from(le32(data, at)) | u64::from(le32(data, at + 4)) << 32;
+        let le64 = |data: &[u8; CTRL_PAGE], at| {
+            u64::from(le32(data, at)) | u64::from(le32(data, at + 4)) << 32
+        };
 
-        let format = usize::from(namespace[26] & 0xf);
-        let lba_format = le32(&namespace, 128 + 4 * format);
+        // FLBAS: the format in use, bits 6:5 extending it past 16 formats, which are not
+        // supported; NLBAF: the number of formats minus one.
+        let (flbas, formats) = (namespace[26], namespace[25]);
+        let format = flbas & 0xf;
+        if flbas & 0x60 != 0 || format > formats {
+            dev_err!(self.pdev, "unsupported LBA format index {flbas:#x}\n");
+            return Err(ENODEV);
+        }
+        let lba_format = le32(namespace, 128 + 4 * usize::from(format));
         let metadata = lba_format & 0xffff;
         let block_shift = (lba_format >> 16) & 0xff;
-        let blocks = le64(&namespace, 0);
+        let blocks = le64(namespace, 0);
         if metadata != 0 || !(9..=12).contains(&block_shift) || blocks == 0 {
             dev_err!(self.pdev, "unsupported namespace format {lba_format:#x}\n");
             return Err(ENODEV);
         }
         let max_transfer = match controller[77] {
             0 => MAX_TRANSFER,
-            mdts => (CTRL_PAGE << u32::from(mdts).min(20)).min(MAX_TRANSFER),
+            // Beyond 10, still more than `MAX_TRANSFER`.
+            mdts => (CTRL_PAGE << mdts.min(10)).min(MAX_TRANSFER),
         };
-        let sgls = le32(&controller, 536) & 3;
+        // SGLS bits 1:0: 1 for SGLs, 2 for SGLs of 4-byte aligned and sized data blocks.
+        let sgl = match le32(controller, 536) & 3 {
+            1 => Some(Descriptors::Sgl {
+                dword_aligned: false,
+            }),
+            2 => Some(Descriptors::Sgl {
+                dword_aligned: true,
+            }),
+            _ => None,
+        };
         let mut info = Info {
             serial: [0; 20],
             model: [0; 40],
             firmware: [0; 8],
-            pci_vendor: le16(&controller, 0),
-            sgl: u16::from(sgls != 0),
+            pci_vendor: le16(controller, 0),
+            sgl: u16::from(sgl.is_some()),
             block_size: 1 << block_shift,
             max_transfer: u32::try_from(max_transfer)?,
             blocks,
@@ -536,20 +616,18 @@ impl Controller {
             size << 16 | io_id,
             1,
         );
-        self.admin(dev, create_cq)?;
+        self.execute(dev, false, create_cq)?;
         let create_sq = Command::admin(
             ADMIN_CREATE_SQ,
             self.io.submissions.dma_address(),
             size << 16 | io_id,
             io_id << 16 | 1,
         );
-        self.admin(dev, create_sq)?;
+        self.execute(dev, false, create_sq)?;
         Ok(Identity {
             info,
             block_shift,
-            sgl: (sgls != 0).then_some(Descriptors::Sgl {
-                dword_aligned: sgls == 2,
-            }),
+            sgl,
         })
     }
 
@@ -558,7 +636,7 @@ impl Controller {
     ///
     /// Returns [`EINVAL`] where the DMA ranges break the controller's rules: PRP entries must be
     /// 4-byte aligned, and all but the first must start a page, all but the last end one; SGL
-    /// data blocks must be 4-byte aligned if the controller says so.
+    /// data blocks must be 4-byte aligned and sized if the controller says so.
     fn describe<S: DmaMemory>(
         &mut self,
         dev: &device::Device<Bound>,
@@ -570,8 +648,8 @@ impl Controller {
     ) -> Result<DescriptorCount> {
         let ranges = mapping.dma_ranges_of(dev, offset, size)?;
         let lists_addr = self.lists.dma_address();
-        // SAFETY: No command is in flight (`&mut self`), so the controller does not read the
-        // list pages while they are written.
+        // SAFETY: No command is in flight, or the controller no longer reaches memory (type
+        // invariants); `&mut self` keeps others from submitting one while the pages are written.
         let lists = unsafe { self.lists.as_mut() };
         match kind {
             Descriptors::Prp => {
@@ -597,7 +675,7 @@ impl Controller {
                     ),
                     [] => return Err(EINVAL),
                 };
-                command.set_prps(entries[0][0], prp2);
+                command.set_pointer(entries[0][0], prp2);
                 Ok(DescriptorCount {
                     entries: entries.len(),
                     list_pages,
@@ -607,7 +685,7 @@ impl Controller {
                 let mut blocks = KVec::new();
                 for range in ranges {
                     let addr = range.dma_addr();
-                    if dword_aligned && addr % 4 != 0 {
+                    if dword_aligned && (addr % 4 != 0 || range.size() % 4 != 0) {
                         return Err(EINVAL);
                     }
                     blocks.push(
@@ -631,33 +709,6 @@ impl Controller {
         }
     }
 
-    /// Submits an I/O command; a timeout disables the controller, so that it accesses no
-    /// memory after the caller unmaps it.
-    fn io_command(&mut self, dev: &device::Device<Bound>, command: Command) -> Result {
-        let bar = self.bar.access(dev)?;
-        match self.io.submit(bar, self.stride, command) {
-            Ok(0) => Ok(()),
-            Ok(status) => {
-                dev_err!(self.pdev, "I/O command failed with status {status:#x}\n");
-                Err(EIO)
-            }
-            Err(e) => {
-                if e == ETIMEDOUT {
-                    dev_err!(
-                        self.pdev,
-                        "I/O command timed out, disabling the controller\n"
-                    );
-                    bar.write32(0, REG_CC);
-                    // Without the controller's ready bit clear, its DMA may not have stopped:
-                    // then leak nothing but keep the controller failed.
-                    let _ = wait_status(bar, CSTS_READY, 0, self.timeout);
-                    self.failed = true;
-                }
-                Err(e)
-            }
-        }
-    }
-
     /// Maps `memory`, moves its bytes in commands of at most MDTS bytes, unmaps it and gives it
     /// back.
     fn transfer<S: DmaMemory>(
@@ -668,10 +719,10 @@ impl Controller {
         args: &mut IoArgs,
         stats: &mut Stats,
     ) -> Result<S> {
-        let (direction, opcode) = if request.write {
-            (DataDirection::ToDevice, IO_WRITE)
+        let direction = if request.write {
+            DataDirection::ToDevice
         } else {
-            (DataDirection::FromDevice, IO_READ)
+            DataDirection::FromDevice
         };
         let mapping = DmaMapping::new(dev, memory, direction, Attrs::default(), GFP_KERNEL)?;
         let ranges = mapping.dma_ranges(dev)?.len();
@@ -693,88 +744,98 @@ impl Controller {
         args.list_pages = 0;
 
         let mut offset = 0;
+        let mut result = Ok(());
         while offset < request.len {
-            let mut size = (request.len - offset).min(request.max_transfer);
-            if let Descriptors::Sgl { .. } = request.kind {
-                // End the command with the last data block that fits, on a logical block.
-                let ranges = mapping.dma_ranges_of(dev, offset, size)?;
-                let fits: usize = ranges.take(MAX_SGL_BLOCKS).map(|range| range.size()).sum();
-                size = fits & !((1 << request.block_shift) - 1);
-                if size == 0 {
-                    return Err(EINVAL);
+            match self.command(dev, &mapping, request, offset, args, stats) {
+                Ok(size) => offset += size,
+                Err(e) => {
+                    result = Err(e);
+                    break;
                 }
             }
-            let lba = request.lba + u64::from_safe_cast(offset >> request.block_shift);
-            let blocks = u32::try_from(size >> request.block_shift)?;
-            let mut command = Command::new(opcode, NAMESPACE);
-            // CAST: the halves of the 64-bit LBA.
-            command.0[10] = lba as u32;
-            command.0[11] = (lba >> 32) as u32;
-            command.0[12] = blocks - 1;
-            let count = self.describe(dev, &mapping, offset, size, request.kind, &mut command)?;
-            self.io_command(dev, command)?;
-
-            let (entries, list_pages) = (
-                u32::try_from(count.entries)?,
-                u32::try_from(count.list_pages)?,
-            );
-            args.commands += 1;
-            args.descriptors += entries;
-            args.list_pages += list_pages;
-            stats.commands += 1;
-            let (descriptors, lists) = match request.kind {
-                Descriptors::Prp => (&mut stats.prp_entries, &mut stats.prp_list_pages),
-                Descriptors::Sgl { .. } => (&mut stats.sgl_descriptors, &mut stats.sgl_segments),
-            };
-            *descriptors += u64::from(entries);
-            *lists += u64::from(list_pages);
-            let bytes = if request.write {
-                &mut stats.bytes_written
-            } else {
-                &mut stats.bytes_read
-            };
-            *bytes += u64::from_safe_cast(size);
-            offset += size;
         }
-        Ok(mapping.into_memory())
+        self.settle(result, mapping)
     }
 
-    /// Moves the data through `buffer`, a kernel buffer, copying it from or to the user buffer
-    /// at `user`.
-    fn through_kernel_buffer<A: KernelAllocator>(
+    /// Issues the command that moves the bytes of `mapping` from `offset` on, as many as one
+    /// command takes, and returns how many it moved.
+    fn command<S: DmaMemory>(
         &mut self,
         dev: &device::Device<Bound>,
-        mut buffer: Vec<u8, A>,
-        user: UserPtr,
+        mapping: &DmaMapping<S>,
         request: &Request,
+        offset: usize,
         args: &mut IoArgs,
         stats: &mut Stats,
-    ) -> Result {
-        let user = UserSlice::new(user, request.len);
-        if request.write {
-            user.read_all(&mut buffer, GFP_KERNEL)?;
-            let memory = KernelBuffer::new(buffer, GFP_KERNEL)?;
-            self.transfer(dev, memory, request, args, stats)?;
-        } else {
-            buffer.resize(request.len, 0, GFP_KERNEL)?;
-            let memory = KernelBuffer::new(buffer, GFP_KERNEL)?;
-            let buffer = self
-                .transfer(dev, memory, request, args, stats)?
-                .into_inner();
-            user.writer().write_slice(&buffer)?;
+    ) -> Result<usize> {
+        let mut size = (request.len - offset).min(request.max_transfer);
+        if let Descriptors::Sgl { .. } = request.kind {
+            // End the command with the last data block that fits, on a logical block.
+            let ranges = mapping.dma_ranges_of(dev, offset, size)?;
+            let fits: usize = ranges.take(MAX_SGL_BLOCKS).map(|range| range.size()).sum();
+            size = fits & !((1 << request.block_shift) - 1);
+            if size == 0 {
+                return Err(EINVAL);
+            }
         }
-        Ok(())
+        let lba = request.lba + u64::from_safe_cast(offset >> request.block_shift);
+        let blocks = u32::try_from(size >> request.block_shift)?;
+        let opcode = if request.write { IO_WRITE } else { IO_READ };
+        let mut command = Command::new(opcode, NAMESPACE);
+        // CAST: the halves of the 64-bit LBA.
+        command.0[10] = lba as u32;
+        command.0[11] = (lba >> 32) as u32;
+        command.0[12] = blocks - 1;
+        let count = self.describe(dev, mapping, offset, size, request.kind, &mut command)?;
+        self.execute(dev, true, command)?;
+
+        let (entries, list_pages) = (
+            u32::try_from(count.entries)?,
+            u32::try_from(count.list_pages)?,
+        );
+        args.commands += 1;
+        args.descriptors += entries;
+        args.list_pages += list_pages;
+        stats.commands += 1;
+        let (descriptors, lists) = match request.kind {
+            Descriptors::Prp => (&mut stats.prp_entries, &mut stats.prp_list_pages),
+            Descriptors::Sgl { .. } => (&mut stats.sgl_descriptors, &mut stats.sgl_segments),
+        };
+        *descriptors += u64::from(entries);
+        *lists += u64::from(list_pages);
+        let bytes = if request.write {
+            &mut stats.bytes_written
+        } else {
+            &mut stats.bytes_read
+        };
+        *bytes += u64::from_safe_cast(size);
+        Ok(size)
+    }
+
+    /// Unmaps `mapping` after its commands ended with `result` and gives the memory back, unless
+    /// the controller hung: it may still access the memory, which then stays mapped until unbind
+    /// (after bus mastering is cleared) and allocated for good.
+    fn settle<S: DmaMemory>(&self, result: Result, mapping: DmaMapping<S>) -> Result<S> {
+        match result {
+            Ok(()) => Ok(mapping.into_memory()),
+            Err(e) => {
+                if self.health == Health::Hung {
+                    core::mem::forget(mapping);
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Deletes the I/O queues and shuts the controller down, for unbind.
     fn shutdown(&mut self, dev: &device::Device<Bound>) {
-        if self.failed {
-            return;
-        }
         let io_id = u32::from(IO_QUEUE);
         // Best effort: the controller is disabled when dropped, whatever happens here.
-        let _ = self.admin(dev, Command::admin(ADMIN_DELETE_SQ, 0, io_id, 0));
-        let _ = self.admin(dev, Command::admin(ADMIN_DELETE_CQ, 0, io_id, 0));
+        let _ = self.execute(dev, false, Command::admin(ADMIN_DELETE_SQ, 0, io_id, 0));
+        let _ = self.execute(dev, false, Command::admin(ADMIN_DELETE_CQ, 0, io_id, 0));
+        if self.health != Health::Working {
+            return;
+        }
         if let Ok(bar) = self.bar.access(dev) {
             bar.write32(CC_CONFIG | CC_ENABLE | CC_SHUTDOWN_NORMAL, REG_CC);
             if wait_status(bar, CSTS_SHUTDOWN_MASK, CSTS_SHUTDOWN_DONE, self.timeout).is_err() {
@@ -786,8 +847,9 @@ impl Controller {
 
 impl Drop for Controller {
     fn drop(&mut self) {
-        // Disable the controller before its queues are freed. With no command in flight it
-        // writes no memory, so there is nothing to wait for.
+        // Disable the controller before its queues are freed. With no command in flight (type
+        // invariant), or bus mastering cleared where one hung, it writes no memory, so there is
+        // nothing to wait for.
         if let Some(bar) = self.bar.try_access() {
             bar.write32(0, REG_CC);
         }
@@ -889,15 +951,10 @@ struct State {
 
 impl Shared {
     /// Validates `args`, moves the data and fills in the outputs of `args`.
-    fn request(&self, state: &mut State, write: bool, args: &mut IoArgs) -> Result {
-        let State { controller, stats } = state;
-        let controller = controller.as_mut().ok_or(ENODEV)?;
-        if controller.failed {
-            return Err(EIO);
-        }
-        // SAFETY: `controller` exists only while the device is bound (type invariant of
-        // `Controller`), and unbind takes it under the lock that the caller holds.
-        let dev = unsafe { self.pdev.as_ref().as_bound() };
+    ///
+    /// User memory is pinned or copied before the controller is locked: a user fault may take
+    /// long, and unbind waits for the lock.
+    fn request(&self, write: bool, args: &mut IoArgs) -> Result {
         let info = &self.identity.info;
         let buffers = args.flags & (IO_VMALLOC | IO_CONTIGUOUS);
         if args.flags & !(IO_SGL | IO_VMALLOC | IO_CONTIGUOUS) != 0
@@ -946,19 +1003,53 @@ impl Shared {
                 };
                 // Zero-copy: the device moves the data to or from the pinned user pages.
                 let pinned = UserPhyrs::pin(user, len, direction, GFP_KERNEL)?;
-                controller.transfer(dev, pinned, &request, args, stats)?;
+                self.transfer(pinned, &request, args)?;
                 Ok(())
             }
             IO_VMALLOC => {
                 let buffer = VVec::with_capacity(len, GFP_KERNEL)?;
-                controller.through_kernel_buffer(dev, buffer, user, &request, args, stats)
+                self.through_kernel_buffer(buffer, user, &request, args)
             }
             _ => {
                 // kmalloc: physically contiguous.
                 let buffer = KVec::with_capacity(len, GFP_KERNEL)?;
-                controller.through_kernel_buffer(dev, buffer, user, &request, args, stats)
+                self.through_kernel_buffer(buffer, user, &request, args)
             }
         }
+    }
+
+    /// Moves the data through `buffer`, a kernel buffer, copying it from or to the user buffer
+    /// at `user`.
+    fn through_kernel_buffer<A: KernelAllocator>(
+        &self,
+        mut buffer: Vec<u8, A>,
+        user: UserPtr,
+        request: &Request,
+        args: &mut IoArgs,
+    ) -> Result {
+        let user = UserSlice::new(user, request.len);
+        if request.write {
+            user.read_all(&mut buffer, GFP_KERNEL)?;
+            self.transfer(KernelBuffer::new(buffer, GFP_KERNEL)?, request, args)?;
+        } else {
+            buffer.resize(request.len, 0, GFP_KERNEL)?;
+            let memory = KernelBuffer::new(buffer, GFP_KERNEL)?;
+            let buffer = self.transfer(memory, request, args)?.into_inner();
+            user.writer().write_slice(&buffer)?;
+        }
+        Ok(())
+    }
+
+    /// Moves the data of `memory` with the controller, if it is still bound.
+    fn transfer<S: DmaMemory>(&self, memory: S, request: &Request, args: &mut IoArgs) -> Result<S> {
+        let mut state = self.state.lock();
+        let State { controller, stats } = &mut *state;
+        let controller = controller.as_mut().ok_or(ENODEV)?;
+        let pdev = controller.pdev.clone();
+        // SAFETY: `controller` exists only while its device is bound (type invariant of
+        // `Controller`), and unbind takes it under the lock held here.
+        let dev = unsafe { pdev.as_ref().as_bound() };
+        controller.transfer(dev, memory, request, args, stats)
     }
 }
 
@@ -1036,12 +1127,10 @@ impl MiscDevice for NvmeFile {
             }
             RUST_NVME_IOC_READ | RUST_NVME_IOC_WRITE => {
                 let mut args: IoArgs = reader.read()?;
-                let mut state = shared.state.lock();
-                let result = shared.request(&mut state, cmd == RUST_NVME_IOC_WRITE, &mut args);
+                let result = shared.request(cmd == RUST_NVME_IOC_WRITE, &mut args);
                 if result.is_err() {
-                    state.stats.failed_requests += 1;
+                    shared.state.lock().stats.failed_requests += 1;
                 }
-                drop(state);
                 result?;
                 writer.write(&args)?;
             }
@@ -1060,19 +1149,20 @@ struct NvmeDriver {
     shared: Arc<Shared>,
 }
 
+/// PCI class code of NVMe controllers: mass storage, non-volatile memory, NVM Express.
+const PCI_CLASS_NVME: u32 = 0x010802;
+
 kernel::pci_device_table!(
     PCI_TABLE,
     <NvmeDriver as pci::Driver>::IdInfo,
     [(pci::DeviceId::from_class(PCI_CLASS_NVME, 0xffffff), ())]
 );
 
-/// PCI class code of NVMe controllers: mass storage, non-volatile memory, NVM Express.
-const PCI_CLASS_NVME: u32 = 0x010802;
-
 impl NvmeDriver {
     /// Enables the controller, identifies it and sets up its I/O queues.
     fn start(pdev: &pci::Device<Core<'_>>) -> Result<Arc<Shared>> {
         let dev: &device::Device<Bound> = pdev.as_ref();
+        let name = NameSlot::take()?;
         pdev.enable_device_mem()?;
         pdev.set_master();
         // SAFETY: Nothing maps or allocates for the device yet.
@@ -1084,8 +1174,11 @@ impl NvmeDriver {
             .iomap_region_sized::<BAR_SIZE>(0, c"rust_nvme_dma")?
             .into_devres()?;
         let mut controller = Controller::enable(pdev, bar)?;
-        let identity = controller.setup(dev)?;
-        let name = NameSlot::take()?;
+        let identity = controller.setup(dev).inspect_err(|_| {
+            if controller.health == Health::Hung {
+                pdev.clear_master();
+            }
+        })?;
         let info = &identity.info;
         let sgl = if info.sgl != 0 { "SGLs" } else { "no SGLs" };
         dev_info!(
@@ -1134,6 +1227,9 @@ impl pci::Driver for NvmeDriver {
         let controller = this.shared.state.lock().controller.take();
         if let Some(mut controller) = controller {
             controller.shutdown(pdev.as_ref());
+            if controller.health == Health::Hung {
+                pdev.clear_master();
+            }
         }
     }
 }

@@ -737,17 +737,23 @@ impl<S: DmaMemory> DmaMapping<S> {
             .filter(|&end| size > 0 && end <= self.size)
             .ok_or(ERANGE)?;
         let mut start = 0;
-        Ok(self.dma_ranges(dev)?.iter().filter_map(move |range| {
+        let parts = self.dma_ranges(dev)?.iter().map_while(move |range| {
+            if start >= end {
+                return None;
+            }
             let (from, to) = (offset.max(start), end.min(start + range.size()));
             let part = (from < to).then(|| {
                 // CAST: an offset inside a mapped range fits in a DMA address.
                 let addr = range.dma_addr() + (from - start) as DmaAddress;
-                // SAFETY: The bytes are a non-empty part of a mapped range.
+                // SAFETY: The bytes are a non-empty part of a range mapped for `dev`, which
+                // stays mapped while `self` lives.
                 unsafe { DmaRange::from_bus_address(addr, to - from) }
             });
             start += range.size();
-            part?.ok()
-        }))
+            // A part of a valid range cannot overflow: `ok()` drops nothing.
+            Some(part.and_then(Result::ok))
+        });
+        Ok(parts.flatten())
     }
 
     /// Returns the DMA ranges cut into the segments that `limits` allow, for PRP lists or

@@ -594,7 +594,37 @@ fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
         )?;
         total += segment.size();
     }
-    check(total == mapping.size(), "segments cover the mapping")
+    check(total == mapping.size(), "segments cover the mapping")?;
+
+    // Byte ranges of the mapping, as a device taking it in several commands sees them.
+    let ranges = mapping.dma_ranges(edu.dev)?;
+    let size = mapping.size();
+    for (offset, len) in [
+        (0, size),
+        (1, 1),
+        (4095, 2),
+        (5000, 3 * 4096 + 7),
+        (size - 1, 1),
+    ] {
+        let mut at = offset;
+        for part in mapping.dma_ranges_of(edu.dev, offset, len)? {
+            let (addr, room) = dma_at(ranges, at)?;
+            check(
+                part.dma_addr() == addr,
+                "a part starts at its byte's address",
+            )?;
+            check(part.size() <= room, "a part stays in its range")?;
+            at += part.size();
+        }
+        check(at == offset + len, "the parts cover the byte range")?;
+    }
+    for (offset, len) in [(0, 0), (size, 1), (size - 1, 2), (usize::MAX, 2)] {
+        check(
+            mapping.dma_ranges_of(edu.dev, offset, len).err() == Some(ERANGE),
+            "byte ranges outside the mapping are ERANGE",
+        )?;
+    }
+    Ok(())
 }
 
 fn bad_requests(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
