@@ -5,7 +5,7 @@
 # git am to the pristine base and gives the same tree, and runs
 # checkpatch.pl --strict on every patch (a file a patch adds must be covered
 # by a MAINTAINERS section instead of the patch touching MAINTAINERS). With BUILD_EACH=1, also builds
-# the kernel after each patch.
+# the kernel after each patch, from patch number BUILD_FROM on (default 1).
 . "$(dirname "$0")/lib.sh"
 
 series_out=$OUT/series
@@ -41,7 +41,8 @@ for patch in $patches; do
 		applied=
 		break
 	fi
-	if [ "${BUILD_EACH:-0}" = 1 ]; then
+	number=$(basename "$patch" | cut -c1-4)
+	if [ "${BUILD_EACH:-0}" = 1 ] && [ "$((10#$number))" -ge "${BUILD_FROM:-1}" ]; then
 		log "Building after $(basename "$patch")"
 		mkdir -p "$RFL_CACHE/obj-each"
 		cp "$OBJ/.config" "$RFL_CACHE/obj-each/.config"

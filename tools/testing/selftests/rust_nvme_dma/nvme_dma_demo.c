@@ -39,6 +39,16 @@ static void print_request(const char *what, const struct rust_nvme_io *io,
 	       io->descriptors, descriptor, io->list_pages, list);
 }
 
+/* Copies a space-padded Identify field without its padding. */
+static const char *field(char *out, const char *in, size_t len)
+{
+	memcpy(out, in, len);
+	while (len && (out[len - 1] == ' ' || out[len - 1] == 0))
+		len--;
+	out[len] = 0;
+	return out;
+}
+
 static int open_device(void)
 {
 	int fd, tries;
@@ -69,6 +79,7 @@ static void *map_buffer(size_t len)
 
 int main(void)
 {
+	char model[41], serial[21], firmware[9];
 	struct rust_nvme_stats stats;
 	struct rust_nvme_info info;
 	struct rust_nvme_io io;
@@ -82,8 +93,10 @@ int main(void)
 		perror("RUST_NVME_IOC_INFO");
 		return 1;
 	}
-	printf("controller: %.40s, serial %.20s, firmware %.8s, PCI vendor 0x%04x\n",
-	       info.model, info.serial, info.firmware, info.pci_vendor);
+	printf("controller: %s, serial %s, firmware %s, PCI vendor 0x%04x\n",
+	       field(model, info.model, sizeof(info.model)),
+	       field(serial, info.serial, sizeof(info.serial)),
+	       field(firmware, info.firmware, sizeof(info.firmware)), info.pci_vendor);
 	printf("namespace 1: %llu blocks of %u bytes\n", (unsigned long long)info.blocks,
 	       info.block_size);
 	printf("per command: %u bytes, %u SGL data blocks (SGLs %s); %u queue entries\n",
