@@ -270,8 +270,8 @@ impl Command {
 ///
 /// # Invariants
 ///
-/// `submissions` holds `entries` entries of 16 dwords, `completions` `entries` entries of 4
-/// dwords; `tail` and `head` are less than `entries`.
+/// `entries` is at least 2; `submissions` holds `entries` entries of 16 dwords, `completions`
+/// `entries` entries of 4 dwords; `tail` and `head` are less than `entries`.
 struct Queue {
     /// Queue identifier: 0 for the admin queue.
     id: u16,
@@ -291,7 +291,8 @@ struct Queue {
 impl Queue {
     fn new(dev: &device::Device<Bound>, id: u16, entries: u16) -> Result<Self> {
         let entries_usize = usize::from(entries);
-        // INVARIANT: sizes as documented, `tail` and `head` at 0, and `entries >= 2`.
+        // INVARIANT: sizes as documented and `tail` and `head` at 0; callers pass `ADMIN_ENTRIES`
+        // or at least 2, checked against the controller's maximum.
         Ok(Self {
             id,
             entries,
@@ -719,11 +720,7 @@ impl Controller {
         args: &mut IoArgs,
         stats: &mut Stats,
     ) -> Result<S> {
-        let direction = if request.write {
-            DataDirection::ToDevice
-        } else {
-            DataDirection::FromDevice
-        };
+        let direction = request.direction();
         let mapping = DmaMapping::new(dev, memory, direction, Attrs::default(), GFP_KERNEL)?;
         let ranges = mapping.dma_ranges(dev)?.len();
         let path = match mapping.path() {
@@ -932,6 +929,17 @@ struct Request {
     max_transfer: usize,
 }
 
+impl Request {
+    /// Returns the direction of the request's DMA.
+    fn direction(&self) -> DataDirection {
+        if self.write {
+            DataDirection::ToDevice
+        } else {
+            DataDirection::FromDevice
+        }
+    }
+}
+
 /// What a controller shares with its open files; outlives the binding.
 #[pin_data]
 struct Shared {
@@ -996,13 +1004,8 @@ impl Shared {
         let user = UserPtr::from_addr(usize::try_from(args.addr).map_err(|_| EFAULT)?);
         match buffers {
             0 => {
-                let direction = if write {
-                    DataDirection::ToDevice
-                } else {
-                    DataDirection::FromDevice
-                };
                 // Zero-copy: the device moves the data to or from the pinned user pages.
-                let pinned = UserPhyrs::pin(user, len, direction, GFP_KERNEL)?;
+                let pinned = UserPhyrs::pin(user, len, request.direction(), GFP_KERNEL)?;
                 self.transfer(pinned, &request, args)?;
                 Ok(())
             }
