@@ -23,6 +23,8 @@ use kernel::{
     },
     dma::{
         map::{
+            opt_mapping_size,
+            segment_limits,
             DmaMapping,
             DmaMemory,
             DmaPath,
@@ -582,6 +584,8 @@ impl Controller {
             // Beyond 10, still more than `MAX_TRANSFER`.
             mdts => (CTRL_PAGE << mdts.min(10)).min(MAX_TRANSFER),
         };
+        // Like nvme-pci: no command larger than what maps as cheaply as smaller mappings.
+        let max_transfer = max_transfer.min(opt_mapping_size(dev).max(CTRL_PAGE) & !(CTRL_PAGE - 1));
         // SGLS bits 1:0: 1 for SGLs, 2 for SGLs of 4-byte aligned and sized data blocks.
         let sgl = match le32(controller, 536) & 3 {
             1 => Some(Descriptors::Sgl {
@@ -641,13 +645,13 @@ impl Controller {
     fn describe<S: DmaMemory>(
         &mut self,
         dev: &device::Device<Bound>,
-        mapping: &DmaMapping<S>,
+        mapping: &DmaMapping<'_, S>,
         offset: usize,
         size: usize,
         kind: Descriptors,
         command: &mut Command,
     ) -> Result<DescriptorCount> {
-        let ranges = mapping.dma_ranges_of(dev, offset, size)?;
+        let ranges = mapping.dma_ranges_of(offset, size)?;
         let lists_addr = self.lists.dma_address();
         // SAFETY: No command is in flight, or the controller no longer reaches memory (type
         // invariants); `&mut self` keeps others from submitting one while the pages are written.
@@ -684,7 +688,7 @@ impl Controller {
             }
             Descriptors::Sgl { dword_aligned } => {
                 let mut blocks = KVec::new();
-                for range in ranges {
+                for range in Split::new(ranges, segment_limits(dev, CTRL_PAGE)?) {
                     let addr = range.dma_addr();
                     if dword_aligned && (addr % 4 != 0 || range.size() % 4 != 0) {
                         return Err(EINVAL);
@@ -712,7 +716,7 @@ impl Controller {
 
     /// Maps `memory`, moves its bytes in commands of at most MDTS bytes, unmaps it and gives it
     /// back.
-    fn transfer<S: DmaMemory>(
+    fn transfer<S: DmaMemory + 'static>(
         &mut self,
         dev: &device::Device<Bound>,
         memory: S,
@@ -722,7 +726,7 @@ impl Controller {
     ) -> Result<S> {
         let direction = request.direction();
         let mapping = DmaMapping::new(dev, memory, direction, Attrs::default(), GFP_KERNEL)?;
-        let ranges = mapping.dma_ranges(dev)?.len();
+        let ranges = mapping.dma_ranges().len();
         let path = match mapping.path() {
             DmaPath::Iova => 0,
             DmaPath::Iommu => 1,
@@ -759,7 +763,7 @@ impl Controller {
     fn command<S: DmaMemory>(
         &mut self,
         dev: &device::Device<Bound>,
-        mapping: &DmaMapping<S>,
+        mapping: &DmaMapping<'_, S>,
         request: &Request,
         offset: usize,
         args: &mut IoArgs,
@@ -768,8 +772,9 @@ impl Controller {
         let mut size = (request.len - offset).min(request.max_transfer);
         if let Descriptors::Sgl { .. } = request.kind {
             // End the command with the last data block that fits, on a logical block.
-            let ranges = mapping.dma_ranges_of(dev, offset, size)?;
-            let fits: usize = ranges.take(MAX_SGL_BLOCKS).map(|range| range.size()).sum();
+            let ranges = mapping.dma_ranges_of(offset, size)?;
+            let blocks = Split::new(ranges, segment_limits(dev, CTRL_PAGE)?);
+            let fits: usize = blocks.take(MAX_SGL_BLOCKS).map(|range| range.size()).sum();
             size = fits & !((1 << request.block_shift) - 1);
             if size == 0 {
                 return Err(EINVAL);
@@ -810,14 +815,19 @@ impl Controller {
     }
 
     /// Unmaps `mapping` after its commands ended with `result` and gives the memory back, unless
-    /// the controller hung: it may still access the memory, which then stays mapped until unbind
-    /// (after bus mastering is cleared) and allocated for good.
-    fn settle<S: DmaMemory>(&self, result: Result, mapping: DmaMapping<S>) -> Result<S> {
+    /// the controller hung: it may still access the memory, which then stays mapped and allocated
+    /// until unbind, after bus mastering is cleared.
+    fn settle<S: DmaMemory + 'static>(
+        &self,
+        result: Result,
+        mapping: DmaMapping<'_, S>,
+    ) -> Result<S> {
         match result {
             Ok(()) => Ok(mapping.into_memory()),
             Err(e) => {
                 if self.health == Health::Hung {
-                    core::mem::forget(mapping);
+                    // The device-managed mapping is undone at unbind, not when the handle goes.
+                    core::mem::forget(mapping.into_devres()?);
                 }
                 Err(e)
             }
@@ -1023,7 +1033,7 @@ impl Shared {
 
     /// Moves the data through `buffer`, a kernel buffer, copying it from or to the user buffer
     /// at `user`.
-    fn through_kernel_buffer<A: KernelAllocator>(
+    fn through_kernel_buffer<A: KernelAllocator + 'static>(
         &self,
         mut buffer: Vec<u8, A>,
         user: UserPtr,
@@ -1044,7 +1054,7 @@ impl Shared {
     }
 
     /// Moves the data of `memory` with the controller, if it is still bound.
-    fn transfer<S: DmaMemory>(&self, memory: S, request: &Request, args: &mut IoArgs) -> Result<S> {
+    fn transfer<S: DmaMemory + 'static>(&self, memory: S, request: &Request, args: &mut IoArgs) -> Result<S> {
         let mut state = self.state.lock();
         let State { controller, stats } = &mut *state;
         let controller = controller.as_mut().ok_or(ENODEV)?;
@@ -1173,6 +1183,9 @@ impl NvmeDriver {
         // PRPs address the controller's pages: swiotlb must keep the offsets within them.
         // SAFETY: As above.
         unsafe { pdev.dma_set_min_align_mask(u32::try_from(CTRL_PAGE - 1)?)? };
+        // An SGL data block takes up to 4 GiB - 1; DMA ranges are cut at the device's limits.
+        // SAFETY: As above.
+        unsafe { pdev.dma_set_max_seg_size(u32::MAX) };
         let bar = pdev
             .iomap_region_sized::<BAR_SIZE>(0, c"rust_nvme_dma")?
             .into_devres()?;

@@ -19,6 +19,9 @@
 //! - links stay inside the allocated size ([`ERANGE`]) and do not overlap ([`EBUSY`]);
 //! - an unlink covers whole links ([`ENOENT`] where nothing is linked, [`EINVAL`] where it
 //!   would cut a link);
+//! - the device only gets a DMA range from [`IovaSpace::sync`], of linked bytes ([`ENOENT`]):
+//!   on a device that is not cache-coherent, the sync completes the cache maintenance that
+//!   linking started, besides syncing the IOTLB;
 //! - dropping the space unlinks what is still linked, then frees the IOVA range.
 //!
 //! A link that fails leaves nothing behind. When the IOVA path is not available,
@@ -44,6 +47,7 @@ use crate::{
         DmaAddress, //
     },
     error::to_result,
+    io::PhysAddr,
     prelude::*,
 };
 
@@ -56,9 +60,17 @@ pub(crate) fn iova_granule(dev: &Device<Bound>) -> Option<usize> {
     (boundary != 0).then(|| boundary as usize + 1)
 }
 
-/// Rejects [`DataDirection::None`], which the mapping functions of the C API do not accept.
-pub(crate) fn check_direction(direction: DataDirection) -> Result {
-    if direction == DataDirection::None {
+/// The attributes that make sense for a streaming mapping.
+const STREAMING_ATTRS: u32 = bindings::DMA_ATTR_WEAK_ORDERING
+    | bindings::DMA_ATTR_SKIP_CPU_SYNC
+    | bindings::DMA_ATTR_NO_WARN
+    | bindings::DMA_ATTR_PRIVILEGED
+    | bindings::DMA_ATTR_MMIO;
+
+/// Rejects what the streaming mapping functions of the C API do not take: no direction, or an
+/// attribute that is not a streaming one.
+pub(crate) fn check_streaming(direction: DataDirection, attrs: Attrs) -> Result {
+    if direction == DataDirection::None || attrs.0 & !STREAMING_ATTRS != 0 {
         return Err(EINVAL);
     }
     Ok(())
@@ -79,15 +91,19 @@ pub(crate) fn check_direction(direction: DataDirection) -> Result {
 ///
 /// ```
 /// use kernel::device::{Bound, Device};
-/// use kernel::dma::{iova::IovaSpace, phyr::Phyr, Attrs, DataDirection};
+/// use kernel::dma::{iova::IovaSpace, phyr::{DmaRange, Phyr}, Attrs, DataDirection};
 ///
 /// /// Links `pages` one page after the other, makes them visible to the device, and returns
-/// /// the space, whose drop unlinks them and frees the IOVA range.
+/// /// the space, whose drop unlinks them and frees the IOVA range, with the DMA range to give
+/// /// the device.
 /// ///
 /// /// # Safety
 /// ///
 /// /// The pages must stay allocated until the space is dropped.
-/// unsafe fn link_pages<'a>(dev: &'a Device<Bound>, pages: &[Phyr]) -> Result<IovaSpace<'a>> {
+/// unsafe fn link_pages<'a>(
+///     dev: &'a Device<Bound>,
+///     pages: &[Phyr],
+/// ) -> Result<(IovaSpace<'a>, DmaRange)> {
 ///     let size = pages.iter().map(|page| page.size()).sum();
 ///     let mut space = IovaSpace::try_alloc(dev, 0, size, DataDirection::ToDevice,
 ///                                          Attrs::default(), GFP_KERNEL)?
@@ -98,8 +114,9 @@ pub(crate) fn check_direction(direction: DataDirection) -> Result {
 ///         unsafe { space.link(offset, page)? };
 ///         offset += page.size();
 ///     }
-///     space.sync(0, size)?;
-///     Ok(space)
+///     // The links are only usable by the device after the sync, which gives their DMA range.
+///     let range = space.sync(0, size)?;
+///     Ok((space, range))
 /// }
 /// ```
 pub struct IovaSpace<'a> {
@@ -124,13 +141,13 @@ impl<'a> IovaSpace<'a> {
     /// instead. Errors: [`EINVAL`] for a zero size or [`DataDirection::None`], [`ENOMEM`].
     pub fn try_alloc(
         dev: &'a Device<Bound>,
-        paddr: bindings::phys_addr_t,
+        paddr: PhysAddr,
         size: usize,
         direction: DataDirection,
         attrs: Attrs,
         flags: Flags,
     ) -> Result<Option<Self>> {
-        check_direction(direction)?;
+        check_streaming(direction, attrs)?;
         if size == 0 {
             return Err(EINVAL);
         }
@@ -138,7 +155,7 @@ impl<'a> IovaSpace<'a> {
             return Ok(None);
         };
         // CAST: the offset inside a granule is less than the granule, a `usize`.
-        let head = (paddr % granule as bindings::phys_addr_t) as usize;
+        let head = (paddr % granule as PhysAddr) as usize;
         let granules = head.checked_add(size).ok_or(EOVERFLOW)?.div_ceil(granule);
         let linked = BitmapVec::new(granules, flags)?;
         let starts = BitmapVec::new(granules, flags)?;
@@ -172,15 +189,11 @@ impl<'a> IovaSpace<'a> {
         self.granule
     }
 
-    /// Returns the DMA range of `size` bytes at `offset` in the space, whether linked or not.
-    ///
-    /// Returns [`ERANGE`] if it is not inside the space.
-    pub fn dma_range(&self, offset: usize, size: usize) -> Result<DmaRange> {
-        self.check_bounds(offset, size)?;
+    /// Returns the DMA range of `size` bytes at `offset` in the space, inside it.
+    fn dma_range(&self, offset: usize, size: usize) -> Result<DmaRange> {
         // CAST: an offset into the space fits in a DMA address.
         let addr = self.state.addr + offset as DmaAddress;
-        // SAFETY: The range is inside the IOVA range of the space, which `dev` reaches once it
-        // is linked; the returned value is only a description of addresses.
+        // SAFETY: The caller checked the range is inside the IOVA range of the space.
         unsafe { DmaRange::from_bus_address(addr, size) }
     }
 
@@ -218,12 +231,17 @@ impl<'a> IovaSpace<'a> {
         self.linked.next_bit(granule) == Some(granule)
     }
 
+    /// Whether every granule of `first..last` is linked.
+    fn all_linked(&self, first: usize, last: usize) -> bool {
+        self.linked.next_zero_bit(first).is_none_or(|bit| bit >= last)
+    }
+
     fn is_start(&self, granule: usize) -> bool {
         self.starts.next_bit(granule) == Some(granule)
     }
 
-    /// Links `range` at `offset` in the space, without making it visible to the device yet
-    /// (see [`IovaSpace::sync`]), and returns the DMA range it is linked at.
+    /// Links `range` at `offset` in the space. The device may only use it after
+    /// [`IovaSpace::sync`], which gives its DMA range.
     ///
     /// Errors: see the [module documentation](self) for the rules, and the errors of
     /// `dma_iova_link()` ([`ENOMEM`], [`EPERM`] where MMIO would have to be bounced). On error,
@@ -235,11 +253,11 @@ impl<'a> IovaSpace<'a> {
     /// unlinked or the space is dropped. It must be system RAM, or device memory if the space
     /// was allocated with `DMA_ATTR_MMIO` (see [`MmioRanges`](super::map::MmioRanges)), and
     /// the device may only read it if the direction says so.
-    pub unsafe fn link(&mut self, offset: usize, range: &Phyr) -> Result<DmaRange> {
+    pub unsafe fn link(&mut self, offset: usize, range: &Phyr) -> Result {
         let size = range.size();
         self.check_bounds(offset, size)?;
         // CAST: the granule is a small power of two.
-        let granule = self.granule as bindings::phys_addr_t;
+        let granule = self.granule as PhysAddr;
         let phys_head = range.paddr() % granule;
         if offset == 0 {
             // CAST: the offset inside a granule is less than the granule, a `usize`.
@@ -273,21 +291,28 @@ impl<'a> IovaSpace<'a> {
         // INVARIANT: the granules of the new link are marked, and its first one as a start.
         (first..last).for_each(|bit| self.linked.set_bit(bit));
         self.starts.set_bit(first);
-        self.dma_range(offset, size)
+        Ok(())
     }
 
-    /// Makes the links in `offset..offset + size` visible to the device: one IOTLB sync for the
-    /// whole range. This is not a CPU cache sync (see
-    /// [`DmaMapping::sync_for_device`](super::map::DmaMapping::sync_for_device)).
+    /// Makes the links in `offset..offset + size` usable by the device, and returns their DMA
+    /// range: `dma_iova_sync()` syncs the IOTLB and, on devices that are not cache-coherent,
+    /// completes the CPU cache maintenance that linking started. Only then is the range given
+    /// out. The IOTLB is synced once for the whole range, however many links it holds.
     ///
-    /// Returns [`ERANGE`] outside the space, or the error of `dma_iova_sync()`.
-    pub fn sync(&mut self, offset: usize, size: usize) -> Result {
+    /// Errors: [`ERANGE`] outside the space, [`ENOENT`] where a byte of the range is not linked,
+    /// or the error of `dma_iova_sync()`.
+    pub fn sync(&mut self, offset: usize, size: usize) -> Result<DmaRange> {
         self.check_bounds(offset, size)?;
+        let (first, last) = self.granules(offset, size);
+        if !self.all_linked(first, last) {
+            return Err(ENOENT);
+        }
         // SAFETY: `self.dev` is bound and `self.state` was allocated for it (type invariant);
-        // the range is inside the space.
+        // the range is inside the space and linked.
         to_result(unsafe {
             bindings::dma_iova_sync(self.dev.as_raw(), &mut self.state, offset, size)
-        })
+        })?;
+        self.dma_range(offset, size)
     }
 
     /// Unlinks the links in `offset..offset + size`, which must be one or more whole links.
@@ -297,11 +322,7 @@ impl<'a> IovaSpace<'a> {
     pub fn unlink(&mut self, offset: usize, size: usize) -> Result {
         self.check_bounds(offset, size)?;
         let (first, last) = self.granules(offset, size);
-        if self
-            .linked
-            .next_zero_bit(first)
-            .is_some_and(|bit| bit < last)
-        {
+        if !self.all_linked(first, last) {
             return Err(ENOENT);
         }
         let cuts_next = last < self.linked.len() && self.is_linked(last) && !self.is_start(last);

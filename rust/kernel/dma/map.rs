@@ -4,19 +4,42 @@
 //!
 //! C header: [`include/linux/dma-mapping.h`](srctree/include/linux/dma-mapping.h)
 //!
-//! [`DmaMapping`] maps the physical ranges of memory it owns ([`DmaMemory`]) for a device and
-//! gives the driver the DMA ranges to program into the hardware. It picks the path by itself:
+//! [`DmaMapping`] maps the physical ranges of memory ([`DmaMemory`]), owned or borrowed, for a
+//! bound device and gives the driver the DMA ranges to program into the hardware. It picks the
+//! path by itself:
 //!
 //! - [`DmaPath::Iova`]: when the device sits behind an IOMMU with a translating DMA domain and
 //!   the ranges meet on IOVA granules, one IOVA allocation for the total size, every range
-//!   linked at its offset, and one IOTLB sync: the result is one contiguous DMA range;
+//!   linked at its offset, and one `dma_iova_sync()`: the result is one contiguous DMA range;
 //! - otherwise range by range with `dma_map_phys()`: [`DmaPath::Direct`], [`DmaPath::Bounce`]
 //!   (swiotlb) or [`DmaPath::Iommu`], DMA-contiguous results coalesced, and the per-range DMA
 //!   addresses kept only when `dma_need_unmap()` says unmapping needs them.
 //!
-//! The mapping is undone exactly once: when it is dropped, or when the device is unbound,
-//! whichever comes first. The DMA ranges are only handed out against a `&Device<Bound>` of the
-//! mapped device, borrowed from the live mapping.
+//! A mapping borrows the bound device, like [`pci::Bar`](crate::pci::Bar): making and dropping it
+//! allocates nothing on the IOVA path, and only with the caller's flags on the others, so that it
+//! can be made and dropped in atomic context wherever the C API can. [`DmaMapping::into_devres`]
+//! turns a mapping of owned memory into a device-managed one, unmapped at unbind at the latest,
+//! for mappings that must outlive the borrow.
+//!
+//! # What the types guarantee
+//!
+//! - The memory stays valid and mapped, and the mapping undone exactly once, for as long as the
+//!   mapping lives; owned memory is dropped after it is unmapped, borrowed memory stays borrowed
+//!   until then. Safe code cannot free or reuse mapped memory through the mapping's owner.
+//! - The DMA ranges are borrowed from the live mapping. A [`DmaRange`] is plain data that can be
+//!   copied, like any address a driver writes into a device register: no type stops a driver
+//!   from handing a device an address after the mapping is gone, just as safe MMIO writes can
+//!   hand it any address. Keeping the device from using a range after unmap is the driver's job.
+//! - Leaking a mapping ([`core::mem::forget`]) leaks the mapping: the device keeps its access.
+//!   For owned memory the memory leaks too; for borrowed memory the borrow ends, and the memory
+//!   may be reused while the device can still reach it. Do not leak mappings of borrowed memory.
+//!
+//! # Attributes
+//!
+//! A streaming mapping takes `DMA_ATTR_WEAK_ORDERING`, `DMA_ATTR_SKIP_CPU_SYNC`,
+//! `DMA_ATTR_NO_WARN`, `DMA_ATTR_PRIVILEGED` and, for device memory, `DMA_ATTR_MMIO`. Any other
+//! bit, such as an allocation attribute or one of those a negation (`!DMA_ATTR_MMIO`) sets, is
+//! [`EINVAL`].
 
 use crate::{
     alloc::Flags,
@@ -25,11 +48,11 @@ use crate::{
         Bound,
         Device, //
     },
-    devres::Devres,
+    devres::DevresLt,
     dma::{
         attrs,
         iova::{
-            check_direction,
+            check_streaming,
             iova_granule, //
         },
         phyr::{
@@ -58,10 +81,14 @@ use crate::{
         PAGE_SIZE, //
     },
     prelude::*,
-    sync::aref::ARef,
+    sync::Arc,
     transmute::{
         AsBytes,
         FromBytes, //
+    },
+    types::{
+        CovariantForLt,
+        ForLt, //
     },
 };
 use core::{
@@ -273,6 +300,37 @@ unsafe impl DmaMemory for MmioRanges {
     const MMIO: bool = true;
 }
 
+// SAFETY: The shared borrow keeps `M` alive, and so its ranges valid and unchanged (`M:
+// DmaMemory`), for as long as the reference lives. Others may read the memory meanwhile, so the
+// device may only read it.
+unsafe impl<M: DmaMemory + Sync + ?Sized> DmaMemory for &M {
+    const MMIO: bool = M::MMIO;
+
+    fn device_may_write(&self) -> bool {
+        false
+    }
+}
+
+// SAFETY: The exclusive borrow keeps `M` alive, its ranges unchanged and its contents unused by
+// anything else for as long as the reference lives.
+unsafe impl<M: DmaMemory + ?Sized> DmaMemory for &mut M {
+    const MMIO: bool = M::MMIO;
+
+    fn device_may_write(&self) -> bool {
+        (**self).device_may_write()
+    }
+}
+
+// SAFETY: A reference count keeps `M` alive, and so its ranges valid and unchanged, for as long as
+// the `Arc` lives. Other owners may read the memory meanwhile, so the device may only read it.
+unsafe impl<M: DmaMemory + Sync> DmaMemory for Arc<M> {
+    const MMIO: bool = M::MMIO;
+
+    fn device_may_write(&self) -> bool {
+        false
+    }
+}
+
 /// The way a [`DmaMapping`] was made.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DmaPath {
@@ -286,6 +344,30 @@ pub enum DmaPath {
     Bounce,
 }
 
+/// Returns the segment limits that `dev` imposes on each DMA range it is given: its maximum
+/// segment size (`dma_get_max_seg_size()`) and segment boundary (`dma_get_seg_boundary()`),
+/// cut on `granule` (e.g. the device's own page size) where a range must be cut.
+///
+/// Returns [`EINVAL`] if `granule` is not a power of two or does not fit in a segment.
+pub fn segment_limits(dev: &Device<Bound>, granule: usize) -> Result<SegmentLimits> {
+    // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
+    let (max_size, boundary) = unsafe {
+        (
+            bindings::dma_get_max_seg_size(dev.as_raw()),
+            bindings::dma_get_seg_boundary(dev.as_raw()),
+        )
+    };
+    SegmentLimits::new(usize::from_safe_cast(max_size), u64::from_safe_cast(boundary), granule)
+}
+
+/// Returns the largest size of a mapping of `dev` that does not cost more than smaller ones
+/// (`dma_opt_mapping_size()`), e.g. the size of an IOVA range the IOVA caches keep, or of a
+/// swiotlb segment: what a driver caps its transfers at.
+pub fn opt_mapping_size(dev: &Device<Bound>) -> usize {
+    // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
+    unsafe { bindings::dma_opt_mapping_size(dev.as_raw()) }
+}
+
 /// An IOVA range with every range of the memory linked into it, one after the other.
 struct Linked {
     state: bindings::dma_iova_state,
@@ -293,7 +375,7 @@ struct Linked {
     range: DmaRange,
 }
 
-/// The part of a mapping that the device may still access, torn down on drop or at unbind.
+/// The mapped state of a [`DmaMapping`], undone when it is dropped.
 ///
 /// # Invariants
 ///
@@ -303,24 +385,28 @@ struct Linked {
 /// - Otherwise every range of `units` is mapped by `dma_map_phys()` for `dev` with `direction`
 ///   and `attrs`, and `ranges` are the same bytes, coalesced; `units` is empty only if
 ///   `dma_need_unmap()` returned false after the mapping, and no unmap and no sync is needed.
-struct Mapped {
-    dev: ARef<Device>,
+/// - `translated` is whether `dev` is behind a translating IOMMU; `size` is the sum of the sizes
+///   of the DMA ranges.
+struct Mapped<'a> {
+    dev: &'a Device<Bound>,
     direction: DataDirection,
     attrs: Attrs,
     linked: Option<Linked>,
     ranges: KVec<DmaRange>,
     units: KVec<DmaRange>,
+    translated: bool,
+    size: usize,
 }
 
-impl Mapped {
-    /// Maps `source` for `dev`, by the IOVA path when possible, range by range otherwise.
+impl<'a> Mapped<'a> {
+    /// Maps `memory` for `dev`, by the IOVA path when possible, range by range otherwise.
     fn new<S: DmaMemory>(
-        dev: &Device<Bound>,
-        source: &S,
+        dev: &'a Device<Bound>,
+        memory: &S,
         direction: DataDirection,
         attrs: Attrs,
         flags: Flags,
-    ) -> Result<(Self, DmaPath)> {
+    ) -> Result<Self> {
         let granule = iova_granule(dev);
         let mask = granule.map_or(0, |granule| u64::from_safe_cast(granule) - 1);
         // The ranges meet on IOVA granules if every range but the first starts on one and
@@ -329,7 +415,7 @@ impl Mapped {
         let mut size = 0usize;
         let mut first = None;
         let mut last_end = None;
-        for range in source.ranges() {
+        for range in memory.ranges() {
             if let Some(end) = last_end {
                 meet &= (end | range.paddr()) & mask == 0;
             }
@@ -339,12 +425,14 @@ impl Mapped {
         }
         let first = first.ok_or(EINVAL)?;
         let mut mapped = Self {
-            dev: dev.into(),
+            dev,
             direction,
             attrs,
             linked: None,
             ranges: KVec::new(),
             units: KVec::new(),
+            translated: granule.is_some(),
+            size,
         };
         if meet {
             let mut state = bindings::dma_iova_state::default();
@@ -353,8 +441,8 @@ impl Mapped {
             if unsafe {
                 bindings::dma_iova_try_alloc(dev.as_raw(), &mut state, first.paddr(), size)
             } {
-                mapped.link_all(dev, source, state, size)?;
-                return Ok((mapped, DmaPath::Iova));
+                mapped.link_all(memory, state)?;
+                return Ok(mapped);
             }
             // A failed allocation leaves `state` behind here: the fallback never sees it.
         }
@@ -362,40 +450,32 @@ impl Mapped {
         // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
         let max_size = unsafe { bindings::dma_max_mapping_size(dev.as_raw()) };
         let limits = SegmentLimits::new(max_size, u64::MAX, PAGE_SIZE)?;
-        let count = Split::new(source.ranges(), limits).count();
+        let count = Split::new(memory.ranges(), limits).count();
         mapped.units.reserve(count, flags)?;
         mapped.ranges.reserve(count, flags)?;
-        let mut path = mapped.map_each(dev, Split::new(source.ranges(), limits))?;
-        if granule.is_some() {
-            path = DmaPath::Iommu;
-        }
+        mapped.map_each(Split::new(memory.ranges(), limits))?;
         // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
         if !unsafe { bindings::dma_need_unmap(dev.as_raw()) } {
             // INVARIANT: unmapping does not need the addresses, and syncing needs none.
             mapped.units = KVec::new();
         }
-        Ok((mapped, path))
+        Ok(mapped)
     }
 
-    /// Links every range of `source` into `state`, a fresh allocation of `size` bytes, and makes
-    /// them visible to the device with one IOTLB sync. On error, undoes the links and frees the
-    /// allocation.
-    fn link_all<S: DmaMemory>(
-        &mut self,
-        dev: &Device<Bound>,
-        source: &S,
-        mut state: bindings::dma_iova_state,
-        size: usize,
-    ) -> Result {
+    /// Links every range of `memory` into `state`, a fresh allocation of `self.size` bytes, and
+    /// makes them visible to the device with one `dma_iova_sync()`. On error, undoes the links
+    /// and frees the allocation.
+    fn link_all<S: DmaMemory>(&mut self, memory: &S, mut state: bindings::dma_iova_state) -> Result {
+        let dev = self.dev.as_raw();
         let mut offset = 0;
         let mut result = Ok(());
-        for range in source.ranges() {
-            // SAFETY: `state` was allocated for the bound `dev`, of `size` bytes; the ranges
+        for range in memory.ranges() {
+            // SAFETY: `state` was allocated for the bound `dev`, of `self.size` bytes; the ranges
             // meet on IOVA granules and are linked one after the other, inside the allocation;
-            // the memory stays valid while `self` lives (`DmaMemory`, kept by `DmaMapping`).
+            // the memory stays valid while the mapping lives (`DmaMemory`).
             result = to_result(unsafe {
                 bindings::dma_iova_link(
-                    dev.as_raw(),
+                    dev,
                     &mut state,
                     range.paddr(),
                     offset,
@@ -410,15 +490,15 @@ impl Mapped {
             offset += range.size();
         }
         if result.is_ok() {
-            // SAFETY: As above; `0..size` is linked.
-            result =
-                to_result(unsafe { bindings::dma_iova_sync(dev.as_raw(), &mut state, 0, size) });
+            // SAFETY: As above; `0..self.size` is linked.
+            result = to_result(unsafe { bindings::dma_iova_sync(dev, &mut state, 0, self.size) });
         }
-        // SAFETY: `state.addr..state.addr + size` is the allocated IOVA range.
-        let range = result.and_then(|()| unsafe { DmaRange::from_bus_address(state.addr, size) });
+        // SAFETY: `state.addr..state.addr + self.size` is the allocated IOVA range.
+        let range =
+            result.and_then(|()| unsafe { DmaRange::from_bus_address(state.addr, self.size) });
         match range {
             Ok(range) => {
-                // INVARIANT: all of `size` is linked into `state`.
+                // INVARIANT: all of `self.size` is linked into `state`.
                 self.linked = Some(Linked { state, range });
                 Ok(())
             }
@@ -426,7 +506,7 @@ impl Mapped {
                 // SAFETY: `state` was allocated for the bound `dev`; `0..offset` is linked.
                 unsafe {
                     bindings::dma_iova_destroy(
-                        dev.as_raw(),
+                        dev,
                         &mut state,
                         offset,
                         self.direction.into(),
@@ -440,18 +520,14 @@ impl Mapped {
 
     /// Maps every range of `ranges` with `dma_map_phys()`, into `units` and `ranges`, which have
     /// room for all of them. What was mapped stays recorded on error, for `drop` to unmap.
-    fn map_each(
-        &mut self,
-        dev: &Device<Bound>,
-        ranges: impl Iterator<Item = Phyr>,
-    ) -> Result<DmaPath> {
-        let mut path = DmaPath::Direct;
+    fn map_each(&mut self, ranges: impl Iterator<Item = Phyr>) -> Result {
+        let dev = self.dev.as_raw();
         for range in ranges {
-            // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`, the
-            // direction is valid, and the memory stays valid while `self` lives.
+            // SAFETY: `dev` is a valid pointer to a bound `struct device`, the direction is
+            // valid, and the memory stays valid while the mapping lives.
             let addr = unsafe {
                 bindings::dma_map_phys(
-                    dev.as_raw(),
+                    dev,
                     range.paddr(),
                     range.size(),
                     self.direction.into(),
@@ -459,7 +535,7 @@ impl Mapped {
                 )
             };
             // SAFETY: As above.
-            if unsafe { bindings::dma_mapping_error(dev.as_raw(), addr) } != 0 {
+            if unsafe { bindings::dma_mapping_error(dev, addr) } != 0 {
                 return Err(ENOMEM);
             }
             // SAFETY: `addr` is the mapping of `range`, until it is unmapped in `drop`.
@@ -489,9 +565,8 @@ impl Mapped {
                 }
                 _ => self.ranges.push_within_capacity(unit).map_err(|_| ENOMEM)?,
             }
-            path = path.max_with(dev, range, addr);
         }
-        Ok(path)
+        Ok(())
     }
 
     /// Returns the DMA ranges of the mapping.
@@ -499,6 +574,31 @@ impl Mapped {
         match &self.linked {
             Some(linked) => slice::from_ref(&linked.range),
             None => &self.ranges,
+        }
+    }
+
+    /// Returns the path the mapping took. Without an IOMMU, looks up every mapped range in the
+    /// swiotlb pools: a cost only paid when asked.
+    fn path(&self) -> DmaPath {
+        if self.linked.is_some() {
+            return DmaPath::Iova;
+        }
+        if self.translated {
+            return DmaPath::Iommu;
+        }
+        let dev = self.dev.as_raw();
+        let bounced = self.units.iter().any(|unit| {
+            // SAFETY: `dev` is a valid pointer to a bound `struct device`; the functions only
+            // compute an address and look it up in the swiotlb pools.
+            unsafe {
+                let phys = bindings::dma_to_phys(dev, unit.dma_addr());
+                !bindings::swiotlb_find_pool(dev, phys).is_null()
+            }
+        });
+        if bounced {
+            DmaPath::Bounce
+        } else {
+            DmaPath::Direct
         }
     }
 
@@ -537,8 +637,7 @@ impl Mapped {
         ),
     ) -> Result {
         let end = offset.checked_add(size).ok_or(ERANGE)?;
-        let total: usize = self.ranges().iter().map(|range| range.size()).sum();
-        if size == 0 || end > total {
+        if size == 0 || end > self.size {
             return Err(ERANGE);
         }
         let sync_pieces = |pieces: &mut dyn Iterator<Item = DmaRange>| {
@@ -550,8 +649,8 @@ impl Mapped {
                     let to = end.min(piece_end);
                     // CAST: an offset inside a mapped piece fits in a DMA address.
                     let addr = piece.dma_addr() + (from - start) as DmaAddress;
-                    // SAFETY: `piece` is mapped for `self.dev` (type invariant), which is bound
-                    // while the caller holds `&Device<Bound>`; the synced bytes are inside it.
+                    // SAFETY: `piece` is mapped for the bound `self.dev` (type invariant); the
+                    // synced bytes are inside it.
                     unsafe { sync(self.dev.as_raw(), addr, to - from, self.direction.into()) };
                 }
                 start = piece_end;
@@ -598,30 +697,11 @@ impl Mapped {
     }
 }
 
-impl DmaPath {
-    /// Folds the path of one range that `dma_map_phys()` mapped into `self`: a range bounced
-    /// through swiotlb makes the mapping bounced. Only meaningful without an IOMMU.
-    fn max_with(self, dev: &Device<Bound>, range: Phyr, addr: DmaAddress) -> Self {
-        // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`; the functions
-        // only compute addresses and look them up in the swiotlb pools.
-        let direct = unsafe {
-            let phys = bindings::dma_to_phys(dev.as_raw(), addr);
-            bindings::swiotlb_find_pool(dev.as_raw(), phys).is_null()
-                && bindings::phys_to_dma(dev.as_raw(), range.paddr()) == addr
-        };
-        if self == DmaPath::Bounce || !direct {
-            DmaPath::Bounce
-        } else {
-            DmaPath::Direct
-        }
-    }
-}
-
-impl Drop for Mapped {
+impl Drop for Mapped<'_> {
     fn drop(&mut self) {
         if let Some(linked) = &mut self.linked {
-            // SAFETY: The state was allocated for `self.dev` with all of its range linked
-            // (type invariant); the device is bound until the devres callbacks have run.
+            // SAFETY: The state was allocated for the bound `self.dev` with all of its range
+            // linked (type invariant).
             unsafe {
                 bindings::dma_iova_destroy(
                     self.dev.as_raw(),
@@ -640,16 +720,17 @@ impl Drop for Mapped {
     }
 }
 
-/// The DMA mapping of memory that the mapping owns, for one device and one direction.
+/// The DMA mapping of memory, owned or borrowed, for one bound device and one direction.
 ///
-/// Dropping it unmaps the memory, then drops the memory; if the device is unbound first, the
-/// memory is unmapped at unbind. The DMA ranges are only handed out against a `&Device<Bound>`
-/// of the mapped device and borrowed from the mapping; a copied [`DmaRange`] is plain data.
+/// It borrows the bound device for `'a`, and can live in driver data that does
+/// (`type Data<'bound>`). Dropping it unmaps the memory, then drops the memory it holds (the
+/// memory itself, or a borrow of it). [`DmaMapping::into_devres`] makes a mapping of owned memory
+/// device-managed. See the [module documentation](self) for what the types guarantee.
 ///
 /// # Invariants
 ///
-/// `mapped` maps the ranges of `source` (until it is revoked at unbind), and is declared
-/// first so that it is dropped, unmapping them, before `source`.
+/// `mapped` maps the ranges of `memory`, and is declared first so that it is dropped, unmapping
+/// them, before `memory`.
 ///
 /// # Examples
 ///
@@ -662,82 +743,93 @@ impl Drop for Mapped {
 /// fn map_for_device(dev: &Device<Bound>) -> Result<KVec<(u64, usize)>> {
 ///     let buffer = KernelBuffer::new(VVec::from_elem(0x5au8, 3 * 4096, GFP_KERNEL)?,
 ///                                    GFP_KERNEL)?;
-///     let mapping = DmaMapping::new(dev, buffer, DataDirection::ToDevice, Attrs::default(),
-///                                   GFP_KERNEL)?;
+///     // Borrowed: `buffer` cannot be dropped or written while it is mapped.
+///     let mapping = DmaMapping::new(dev, &buffer, DataDirection::ToDevice, Attrs::default(),
+///                                   GFP_ATOMIC)?;
 ///     let mut segments = KVec::new();
-///     for range in mapping.dma_ranges(dev)? {
+///     for range in mapping.dma_ranges() {
 ///         segments.push((range.dma_addr(), range.size()), GFP_KERNEL)?;
 ///     }
 ///     assert_eq!(segments.iter().map(|s| s.1).sum::<usize>(), 3 * 4096);
 ///     Ok(segments)
 /// }
 /// ```
-pub struct DmaMapping<S: DmaMemory> {
+pub struct DmaMapping<'a, S: DmaMemory> {
     // Drop order: unmap before the memory goes.
-    mapped: Devres<Mapped>,
-    source: S,
-    path: DmaPath,
-    size: usize,
+    mapped: Mapped<'a>,
+    memory: S,
 }
 
-impl<S: DmaMemory> DmaMapping<S> {
-    /// Maps `source` for `dev` in `direction`, with `attrs`. May sleep: the mapping registers
-    /// with the device's managed resources; `flags` are for the lists of DMA ranges.
+impl<S: DmaMemory + 'static> ForLt for DmaMapping<'static, S> {
+    type Of<'a> = DmaMapping<'a, S>;
+}
+
+// SAFETY: `DmaMapping<'a, S>` is covariant over `'a`: it holds `&'a Device<Bound>`, which is.
+unsafe impl<S: DmaMemory + 'static> CovariantForLt for DmaMapping<'static, S> {}
+
+/// A device-managed DMA mapping, unmapped when dropped or when the device is unbound.
+///
+/// See [`DmaMapping::into_devres`].
+pub type DevresDmaMapping<S> = DevresLt<DmaMapping<'static, S>>;
+
+impl<'a, S: DmaMemory> DmaMapping<'a, S> {
+    /// Maps `memory` for `dev` in `direction`, with `attrs`.
+    ///
+    /// Allocates nothing on the IOVA path, and with `flags` only on the others (the lists of DMA
+    /// ranges): with `GFP_ATOMIC` or `GFP_NOWAIT` it does not sleep, and can be used under a
+    /// spinlock or in interrupt context.
     ///
     /// [`DmaMemory::MMIO`] memory is mapped with `DMA_ATTR_MMIO`; asking for it on RAM is an
-    /// error. Errors: [`EINVAL`] (no range, [`DataDirection::None`], `DMA_ATTR_MMIO` on RAM,
-    /// a direction the device writes in on memory it may only read), [`EOVERFLOW`] (more than
-    /// `usize::MAX` bytes), [`EPERM`] (MMIO that the IOVA path would bounce), [`ENOMEM`] (no
-    /// memory, no IOVA space, no mapping under the DMA mask, or MMIO that would be bounced
-    /// otherwise). Nothing stays mapped on error, and the memory is dropped.
+    /// error. Errors: [`EINVAL`] (no range, [`DataDirection::None`], an attribute that is not
+    /// a streaming one, `DMA_ATTR_MMIO` on RAM, a direction the device writes in on memory it may
+    /// only read), [`EOVERFLOW`] (more than `usize::MAX` bytes), [`EPERM`] (MMIO that the IOVA
+    /// path would bounce), [`ENOMEM`] (no memory, no IOVA space, no mapping under the DMA mask,
+    /// or MMIO that would be bounced otherwise). Nothing stays mapped on error, and the memory is
+    /// dropped.
     pub fn new(
-        dev: &Device<Bound>,
-        source: S,
+        dev: &'a Device<Bound>,
+        memory: S,
         direction: DataDirection,
         attrs: Attrs,
         flags: Flags,
     ) -> Result<Self> {
-        check_direction(direction)?;
+        check_streaming(direction, attrs)?;
         let mmio = attrs::DMA_ATTR_MMIO;
         let device_writes = direction != DataDirection::ToDevice;
-        if (!S::MMIO && attrs.contains(mmio)) || (device_writes && !source.device_may_write()) {
+        if (!S::MMIO && attrs.contains(mmio)) || (device_writes && !memory.device_may_write()) {
             return Err(EINVAL);
         }
         let attrs = if S::MMIO { attrs | mmio } else { attrs };
-        let (mapped, path) = Mapped::new(dev, &source, direction, attrs, flags)?;
-        let size = mapped.ranges().iter().map(|range| range.size()).sum();
-        Ok(Self {
-            mapped: Devres::new(dev, Ok::<_, Error>(mapped))?,
-            source,
-            path,
-            size,
-        })
+        let mapped = Mapped::new(dev, &memory, direction, attrs, flags)?;
+        // INVARIANT: `mapped` maps the ranges of `memory`.
+        Ok(Self { mapped, memory })
     }
 
-    /// Returns the DMA ranges, in the order of the memory's bytes, to program into `dev`.
-    ///
-    /// Returns [`EINVAL`] if `dev` is not the mapped device.
-    pub fn dma_ranges<'a>(&'a self, dev: &'a Device<Bound>) -> Result<&'a [DmaRange]> {
-        Ok(self.mapped.access(dev)?.ranges())
+    /// Returns the device the memory is mapped for.
+    pub fn device(&self) -> &'a Device<Bound> {
+        self.mapped.dev
+    }
+
+    /// Returns the DMA ranges, in the order of the memory's bytes, to program into the device.
+    pub fn dma_ranges(&self) -> &[DmaRange] {
+        self.mapped.ranges()
     }
 
     /// Returns the DMA ranges of the bytes `offset..offset + size` of the mapping, in order: what
     /// one command moves when a device takes a request in several.
     ///
-    /// Returns [`ERANGE`] if the bytes are empty or not all mapped, [`EINVAL`] if `dev` is not
-    /// the mapped device.
-    pub fn dma_ranges_of<'a>(
-        &'a self,
-        dev: &'a Device<Bound>,
+    /// Returns [`ERANGE`] if the bytes are empty or not all mapped.
+    pub fn dma_ranges_of(
+        &self,
         offset: usize,
         size: usize,
-    ) -> Result<impl Iterator<Item = DmaRange> + 'a> {
+    ) -> Result<impl Iterator<Item = DmaRange> + '_> {
         let end = offset
             .checked_add(size)
-            .filter(|&end| size > 0 && end <= self.size)
+            .filter(|&end| size > 0 && end <= self.size())
             .ok_or(ERANGE)?;
         let mut start = 0;
-        let parts = self.dma_ranges(dev)?.iter().map_while(move |range| {
+        let parts = self.dma_ranges().iter().map_while(move |range| {
             if start >= end {
                 return None;
             }
@@ -745,8 +837,8 @@ impl<S: DmaMemory> DmaMapping<S> {
             let part = (from < to).then(|| {
                 // CAST: an offset inside a mapped range fits in a DMA address.
                 let addr = range.dma_addr() + (from - start) as DmaAddress;
-                // SAFETY: The bytes are a non-empty part of a range mapped for `dev`, which
-                // stays mapped while `self` lives.
+                // SAFETY: The bytes are a non-empty part of a range mapped for the device,
+                // which stays mapped while `self` lives.
                 unsafe { DmaRange::from_bus_address(addr, to - from) }
             });
             start += range.size();
@@ -758,29 +850,31 @@ impl<S: DmaMemory> DmaMapping<S> {
 
     /// Returns the DMA ranges cut into the segments that `limits` allow, for PRP lists or
     /// scatter/gather descriptors.
-    pub fn segments<'a>(
-        &'a self,
-        dev: &'a Device<Bound>,
+    pub fn segments(
+        &self,
         limits: SegmentLimits,
-    ) -> Result<Split<Copied<slice::Iter<'a, DmaRange>>, DmaRange>> {
-        Ok(Split::new(self.dma_ranges(dev)?.iter().copied(), limits))
+    ) -> Split<Copied<slice::Iter<'_, DmaRange>>, DmaRange> {
+        Split::new(self.dma_ranges().iter().copied(), limits)
     }
 
     /// Returns the path the mapping took.
+    ///
+    /// Without an IOMMU, tells [`DmaPath::Direct`] from [`DmaPath::Bounce`] by looking up every
+    /// DMA range in the swiotlb pools; making the mapping does not pay for it.
     pub fn path(&self) -> DmaPath {
-        self.path
+        self.mapped.path()
     }
 
     /// Returns the number of bytes mapped.
     pub fn size(&self) -> usize {
-        self.size
+        self.mapped.size
     }
 
     /// Unmaps the memory and gives it back, e.g. to map it again for the next request.
     pub fn into_memory(self) -> S {
-        let Self { mapped, source, .. } = self;
+        let Self { mapped, memory } = self;
         drop(mapped);
-        source
+        memory
     }
 
     /// Returns the mapped memory.
@@ -790,17 +884,17 @@ impl<S: DmaMemory> DmaMapping<S> {
     /// The device must not write the bytes that the caller reads while the reference lives;
     /// bytes the device wrote are read after [`DmaMapping::sync_for_cpu`].
     pub unsafe fn memory(&self) -> &S {
-        &self.source
+        &self.memory
     }
 
     /// Gives the bytes `offset..offset + size` of the mapping to the CPU, after the device
     /// wrote them: for devices that are not cache-coherent, and to copy swiotlb bounce buffers
-    /// back. `dma_iova_sync()` is an IOTLB sync and does neither.
+    /// back.
     ///
-    /// Returns [`ERANGE`] outside the mapping, [`EINVAL`] if `dev` is not the mapped device.
-    pub fn sync_for_cpu(&self, dev: &Device<Bound>, offset: usize, size: usize) -> Result {
-        self.mapped.access(dev)?.sync(
-            self.source.ranges(),
+    /// Returns [`ERANGE`] outside the mapping.
+    pub fn sync_for_cpu(&self, offset: usize, size: usize) -> Result {
+        self.mapped.sync(
+            self.memory.ranges(),
             offset,
             size,
             bindings::dma_sync_single_for_cpu,
@@ -810,10 +904,10 @@ impl<S: DmaMemory> DmaMapping<S> {
     /// Gives the bytes `offset..offset + size` of the mapping back to the device after the CPU
     /// wrote them.
     ///
-    /// Returns [`ERANGE`] outside the mapping, [`EINVAL`] if `dev` is not the mapped device.
-    pub fn sync_for_device(&self, dev: &Device<Bound>, offset: usize, size: usize) -> Result {
-        self.mapped.access(dev)?.sync(
-            self.source.ranges(),
+    /// Returns [`ERANGE`] outside the mapping.
+    pub fn sync_for_device(&self, offset: usize, size: usize) -> Result {
+        self.mapped.sync(
+            self.memory.ranges(),
             offset,
             size,
             bindings::dma_sync_single_for_device,
@@ -821,7 +915,22 @@ impl<S: DmaMemory> DmaMapping<S> {
     }
 }
 
-impl<S: DmaMemory + DerefMut> DmaMapping<S> {
+impl<'a, S: DmaMemory + 'static> DmaMapping<'a, S> {
+    /// Makes the mapping device-managed: it can then outlive the borrow of the device, e.g. in
+    /// a long-lived object shared with other contexts, and is unmapped, and its memory dropped,
+    /// when it is dropped or when the device is unbound, whichever comes first.
+    ///
+    /// Only owned memory can be handed over: a borrow would end before the device is unbound.
+    /// May sleep: the mapping is registered with the device's managed resources.
+    pub fn into_devres(self) -> Result<DevresDmaMapping<S>> {
+        let dev = self.device();
+        // SAFETY: A `DmaMapping` of `'static` memory only holds a reference to the device, which
+        // stays valid for the device's full bound scope, not just for `'a`.
+        unsafe { DevresLt::new(dev, self) }
+    }
+}
+
+impl<S: DmaMemory + DerefMut> DmaMapping<'_, S> {
     /// Returns the mapped memory for the CPU to write; the device sees the writes after
     /// [`DmaMapping::sync_for_device`].
     ///
@@ -829,9 +938,9 @@ impl<S: DmaMemory + DerefMut> DmaMapping<S> {
     ///
     /// The device must not access the bytes that the caller accesses while the reference lives.
     pub unsafe fn memory_mut(&mut self) -> &mut S::Target {
-        &mut self.source
+        &mut self.memory
     }
 }
 
-#[cfg(CONFIG_RUST_DMA_KUNIT_TEST)]
+#[cfg(all(CONFIG_RUST_DMA_KUNIT_TEST, CONFIG_PCI))]
 mod tests;

@@ -20,16 +20,20 @@ use crate::{
     },
     driver,
     io::Io,
+    new_spinlock,
     num::casts::FromSafeCast,
     page::{
         Page,
         PAGE_SIZE, //
     },
     pci,
-    sync::atomic::{
-        Acquire,
-        Atomic,
-        Release, //
+    sync::{
+        aref::ARef,
+        atomic::{
+            Acquire,
+            Atomic,
+            Release, //
+        },
     },
     time::{
         delay::fsleep,
@@ -93,7 +97,7 @@ struct Outcome {
     body: fn(&Edu<'_>, &mut Outcome) -> Result,
     result: Result,
     /// A mapping kept alive past unbind.
-    kept: Option<KBox<DmaMapping<PageRanges>>>,
+    kept: Option<DevresDmaMapping<PageRanges>>,
     /// DMA addresses that must not translate once the device is unbound.
     dma_addrs: KVec<u64>,
     dev: Option<ARef<Device>>,
@@ -349,7 +353,7 @@ fn iova_to_phys(dev: &Device, addr: u64) -> u64 {
 /// addresses checked.
 fn check_mapping<S: DmaMemory>(
     dev: &Device<Bound>,
-    mapping: &DmaMapping<S>,
+    mapping: &DmaMapping<'_, S>,
     outcome: &mut Outcome,
 ) -> Result {
     let expected = expected_path();
@@ -361,7 +365,7 @@ fn check_mapping<S: DmaMemory>(
     // Every memory of these tests meets on IOVA granules.
     let path = mapping.path();
     check(path == expected, "path of the machine")?;
-    let ranges = mapping.dma_ranges(dev)?;
+    let ranges = mapping.dma_ranges();
     let mut offset = 0;
     // SAFETY: Only the list of ranges is read, not the mapped bytes.
     let memory = unsafe { mapping.memory() };
@@ -426,16 +430,16 @@ fn check_unmapped(outcome: &Outcome) -> Result {
 /// and checks them.
 fn copy_through_device<S: DmaMemory>(
     edu: &Edu<'_>,
-    src: &DmaMapping<S>,
+    src: &DmaMapping<'_, S>,
     src_byte: impl Fn(usize) -> Result<u8>,
-    dst: &DmaMapping<KernelBuffer<VVec<u8>>>,
+    dst: &DmaMapping<'_, KernelBuffer<VVec<u8>>>,
     offset: usize,
     len: usize,
 ) -> Result {
-    let (src_addr, src_len) = dma_at(src.dma_ranges(edu.dev)?, offset)?;
-    let (dst_addr, dst_len) = dma_at(dst.dma_ranges(edu.dev)?, offset)?;
+    let (src_addr, src_len) = dma_at(src.dma_ranges(), offset)?;
+    let (dst_addr, dst_len) = dma_at(dst.dma_ranges(), offset)?;
     let len = len.min(src_len).min(dst_len).min(EDU_BUFFER_SIZE);
-    src.sync_for_device(edu.dev, offset, len)?;
+    src.sync_for_device(offset, len)?;
     edu.dma(src_addr, len, false)?;
     edu.dma(dst_addr, len, true)?;
     // SAFETY: The device is idle: its transfers are done.
@@ -449,7 +453,7 @@ fn copy_through_device<S: DmaMemory>(
             "bounced data stays in swiotlb until the sync",
         )?;
     }
-    dst.sync_for_cpu(edu.dev, offset, len)?;
+    dst.sync_for_cpu(offset, len)?;
     for index in offset..offset + len {
         check(
             dst_memory[index] == src_byte(index)?,
@@ -552,9 +556,9 @@ fn huge_contiguous(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     check_mapping(edu.dev, &src, outcome)?;
     check_mapping(edu.dev, &dst, outcome)?;
     if src.path() == DmaPath::Iova {
-        check(src.dma_ranges(edu.dev)?.len() == 1, "one DMA range")?;
+        check(src.dma_ranges().len() == 1, "one DMA range")?;
         check(
-            dst.dma_ranges(edu.dev)?.len() == 1,
+            dst.dma_ranges().len() == 1,
             "one DMA range for the vmalloc'ed sink",
         )?;
     }
@@ -587,7 +591,7 @@ fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     check(memory.ranges().count() == 4096, "4096 ranges")?;
     let mut total = 0;
     let limits = SegmentLimits::new(EDU_BUFFER_SIZE, u64::MAX, 1)?;
-    for segment in mapping.segments(edu.dev, limits)? {
+    for segment in mapping.segments(limits) {
         check(
             segment.size() <= EDU_BUFFER_SIZE,
             "segments within the limit",
@@ -597,7 +601,7 @@ fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     check(total == mapping.size(), "segments cover the mapping")?;
 
     // Byte ranges of the mapping, as a device taking it in several commands sees them.
-    let ranges = mapping.dma_ranges(edu.dev)?;
+    let ranges = mapping.dma_ranges();
     let size = mapping.size();
     for (offset, len) in [
         (0, size),
@@ -607,7 +611,7 @@ fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
         (size - 1, 1),
     ] {
         let mut at = offset;
-        for part in mapping.dma_ranges_of(edu.dev, offset, len)? {
+        for part in mapping.dma_ranges_of(offset, len)? {
             let (addr, room) = dma_at(ranges, at)?;
             check(
                 part.dma_addr() == addr,
@@ -620,7 +624,7 @@ fn many_ranges(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     }
     for (offset, len) in [(0, 0), (size, 1), (size - 1, 2), (usize::MAX, 2)] {
         check(
-            mapping.dma_ranges_of(edu.dev, offset, len).err() == Some(ERANGE),
+            mapping.dma_ranges_of(offset, len).err() == Some(ERANGE),
             "byte ranges outside the mapping are ERANGE",
         )?;
     }
@@ -655,6 +659,45 @@ fn bad_requests(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         mmio_on_ram.err() == Some(EINVAL),
         "DMA_ATTR_MMIO on RAM: EINVAL",
     )?;
+    // Attributes of allocations, and the bits a negation sets, are not streaming attributes.
+    for bad in [
+        !attrs::DMA_ATTR_MMIO,
+        attrs::DMA_ATTR_WRITE_COMBINE,
+        attrs::DMA_ATTR_FORCE_CONTIGUOUS,
+        attrs::DMA_ATTR_NO_WARN | attrs::DMA_ATTR_ALLOC_SINGLE_PAGES,
+    ] {
+        let mapping = DmaMapping::new(
+            edu.dev,
+            sink(16)?,
+            DataDirection::ToDevice,
+            bad,
+            GFP_KERNEL,
+        );
+        check(
+            mapping.err() == Some(EINVAL),
+            "non-streaming attribute: EINVAL",
+        )?;
+        let space = IovaSpace::try_alloc(
+            edu.dev,
+            0,
+            PAGE_SIZE,
+            DataDirection::ToDevice,
+            bad,
+            GFP_KERNEL,
+        );
+        check(
+            space.err() == Some(EINVAL),
+            "non-streaming attribute for an IOVA space: EINVAL",
+        )?;
+    }
+    let streaming = DmaMapping::new(
+        edu.dev,
+        sink(16)?,
+        DataDirection::ToDevice,
+        attrs::DMA_ATTR_NO_WARN | attrs::DMA_ATTR_WEAK_ORDERING | attrs::DMA_ATTR_SKIP_CPU_SYNC,
+        GFP_KERNEL,
+    );
+    check(streaming.is_ok(), "streaming attributes map")?;
     let mapping = DmaMapping::new(
         edu.dev,
         sink(100)?,
@@ -663,15 +706,15 @@ fn bad_requests(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         GFP_KERNEL,
     )?;
     check(
-        mapping.sync_for_cpu(edu.dev, 50, 51) == Err(ERANGE),
+        mapping.sync_for_cpu(50, 51) == Err(ERANGE),
         "sync past the end: ERANGE",
     )?;
     check(
-        mapping.sync_for_cpu(edu.dev, 0, 0) == Err(ERANGE),
+        mapping.sync_for_cpu(0, 0) == Err(ERANGE),
         "empty sync: ERANGE",
     )?;
     check(
-        mapping.sync_for_cpu(edu.dev, 0, 100).is_ok(),
+        mapping.sync_for_cpu(0, 100).is_ok(),
         "sync of everything",
     )
 }
@@ -708,7 +751,7 @@ fn mask_limits(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
         GFP_KERNEL,
     )?;
     check_mapping(edu.dev, &mapping, outcome)?;
-    for range in mapping.dma_ranges(edu.dev)? {
+    for range in mapping.dma_ranges() {
         check(range.end() <= 1 << 32, "DMA addresses under a 32-bit mask")?;
     }
     if expected_path() != Some(DmaPath::Iova) {
@@ -756,7 +799,7 @@ fn unbind_while_mapped(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     )?;
     check_mapping(edu.dev, &mapping, outcome)?;
     // The mapping outlives the binding: the unbind must unmap it.
-    outcome.kept = Some(KBox::new(mapping, GFP_KERNEL)?);
+    outcome.kept = Some(mapping.into_devres()?);
     Ok(())
 }
 
@@ -823,7 +866,7 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         expected_path() == Some(DmaPath::Iova),
         "no IOVA space without translation",
     )?;
-    let link = |space: &mut IovaSpace<'_>, offset, range: Result<Phyr>| -> Result<DmaRange> {
+    let link = |space: &mut IovaSpace<'_>, offset, range: Result<Phyr>| -> Result {
         let range = range?;
         // SAFETY: `memory` and `pair` outlive `space`, which is dropped first.
         unsafe { space.link(offset, &range) }
@@ -849,18 +892,33 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         link(&mut space, two + PAGE_SIZE, page(1, 0, 2 * PAGE_SIZE)) == Err(ERANGE),
         "past the end",
     )?;
-    let first = link(&mut space, 0, page(0, 100, PAGE_SIZE - 100))?;
+    link(&mut space, 0, page(0, 100, PAGE_SIZE - 100))?;
     check(
         link(&mut space, 0, page(0, 100, PAGE_SIZE - 100)) == Err(EBUSY),
         "overlap",
     )?;
-    let middle = link(&mut space, one, page(1, 0, PAGE_SIZE))?;
-    check(middle.dma_addr() == first.end(), "links are contiguous")?;
+    check(
+        space.sync(one, PAGE_SIZE) == Err(ENOENT),
+        "no DMA range for bytes not linked",
+    )?;
+    link(&mut space, one, page(1, 0, PAGE_SIZE))?;
+    check(
+        space.sync(0, space.size()) == Err(ENOENT),
+        "no DMA range for the unlinked end of the space",
+    )?;
+    let all = space.sync(0, two + 2 * PAGE_SIZE)?;
+    let first = space.sync(0, one)?;
+    let middle = space.sync(one, PAGE_SIZE)?;
+    let pair = space.sync(two, 2 * PAGE_SIZE)?;
+    check(
+        first.dma_addr() == all.dma_addr() && middle.dma_addr() == first.end(),
+        "links are contiguous",
+    )?;
+    check(pair.end() == all.end(), "the pair ends the linked bytes")?;
     check(
         iova_to_phys(edu.dev, first.dma_addr()) == page(0, 100, 1)?.paddr(),
         "translation",
     )?;
-    space.sync(0, space.size())?;
     check(
         space.unlink(one, 10) == Err(EINVAL),
         "unlink cutting a link",
@@ -890,10 +948,10 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         Attrs::default(),
         GFP_KERNEL,
     )?;
-    let (sink_addr, _) = dma_at(sink.dma_ranges(edu.dev)?, 0)?;
+    let (sink_addr, _) = dma_at(sink.dma_ranges(), 0)?;
     edu.dma(first.dma_addr(), 64, false)?;
     edu.dma(sink_addr, 64, true)?;
-    sink.sync_for_cpu(edu.dev, 0, 64)?;
+    sink.sync_for_cpu(0, 64)?;
     // SAFETY: The device is done writing the sink.
     let sink_bytes = unsafe { sink.memory() };
     for (index, &byte) in sink_bytes.iter().enumerate() {
@@ -902,7 +960,7 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
             "data read through a link",
         )?;
     }
-    let (first_addr, pair_addr) = (first.dma_addr(), space.dma_range(two, 1)?.dma_addr());
+    let (first_addr, pair_addr) = (first.dma_addr(), pair.dma_addr());
     drop(space);
     check(
         iova_to_phys(edu.dev, first_addr) == 0,
@@ -911,6 +969,166 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
     check(
         iova_to_phys(edu.dev, pair_addr) == 0,
         "drop unlinks the two-granule link",
+    )
+}
+
+/// Memory the caller keeps: borrowed by the mappings, usable again once they are dropped.
+fn borrowed_memory(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    const PAGES: usize = 16;
+    let memory = PageRanges::new(PAGES)?;
+    let mut sink_buffer = sink(PAGES * PAGE_SIZE)?;
+    {
+        let src = DmaMapping::new(
+            edu.dev,
+            &memory,
+            DataDirection::ToDevice,
+            Attrs::default(),
+            GFP_KERNEL,
+        )?;
+        let written = DmaMapping::new(
+            edu.dev,
+            &memory,
+            DataDirection::FromDevice,
+            Attrs::default(),
+            GFP_KERNEL,
+        );
+        check(
+            written.err() == Some(EINVAL),
+            "a shared borrow is only read by the device",
+        )?;
+        let dst = DmaMapping::new(
+            edu.dev,
+            &mut sink_buffer,
+            DataDirection::FromDevice,
+            Attrs::default(),
+            GFP_KERNEL,
+        )?;
+        check_mapping(edu.dev, &src, outcome)?;
+        check_mapping(edu.dev, &dst, outcome)?;
+        for offset in [0, (PAGES - 1) * PAGE_SIZE] {
+            let (src_addr, _) = dma_at(src.dma_ranges(), offset)?;
+            let (dst_addr, _) = dma_at(dst.dma_ranges(), offset)?;
+            edu.dma(src_addr, PAGE_SIZE, false)?;
+            edu.dma(dst_addr, PAGE_SIZE, true)?;
+            dst.sync_for_cpu(offset, PAGE_SIZE)?;
+        }
+    }
+    // The mappings are gone, and with them the borrows: the CPU owns the memory again.
+    for offset in [0, (PAGES - 1) * PAGE_SIZE] {
+        for index in offset..offset + PAGE_SIZE {
+            check(
+                sink_buffer[index] == memory.byte_at(index)?,
+                "data through a borrowed mapping",
+            )?;
+        }
+    }
+    // Shared ownership: two mappings of the same memory at once, both read-only.
+    let shared = Arc::new(memory, GFP_KERNEL)?;
+    let first = DmaMapping::new(
+        edu.dev,
+        shared.clone(),
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    let second = DmaMapping::new(
+        edu.dev,
+        shared.clone(),
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &first, outcome)?;
+    check_mapping(edu.dev, &second, outcome)?;
+    let shared_written = DmaMapping::new(
+        edu.dev,
+        shared,
+        DataDirection::Bidirectional,
+        Attrs::default(),
+        GFP_KERNEL,
+    );
+    check(
+        shared_written.err() == Some(EINVAL),
+        "shared memory is only read by the device",
+    )
+}
+
+/// Maps and unmaps on every path with a spinlock held: nothing may sleep (the test kernel has
+/// `CONFIG_DEBUG_ATOMIC_SLEEP` and lockdep, and the boot's kernel log is checked).
+fn atomic_context(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
+    let lock = KBox::pin_init(new_spinlock!(0usize), GFP_KERNEL)?;
+    let pages = PageRanges::new(64)?;
+    // Ranges that do not meet on IOVA granules: range by range, with lists of DMA ranges.
+    let mut unaligned = PageRanges::new(3)?.with_ranges(&[
+        (0, 100, 200),
+        (1, 8, 64),
+        (2, 0, PAGE_SIZE),
+    ])?;
+    let mut guard = lock.lock();
+    let linked = DmaMapping::new(
+        edu.dev,
+        &pages,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_ATOMIC,
+    )?;
+    let each = DmaMapping::new(
+        edu.dev,
+        &mut unaligned,
+        DataDirection::Bidirectional,
+        Attrs::default(),
+        GFP_NOWAIT,
+    )?;
+    *guard += linked.dma_ranges().len() + each.dma_ranges().len();
+    drop(guard);
+    check_mapping(edu.dev, &linked, outcome)?;
+    let expected_each = match expected_path() {
+        Some(DmaPath::Iova) => DmaPath::Iommu,
+        path => path.ok_or(EINVAL)?,
+    };
+    check(
+        each.path() == expected_each,
+        "unaligned ranges go range by range",
+    )?;
+    for range in each.dma_ranges() {
+        outcome.dma_addrs.push(range.dma_addr(), GFP_KERNEL)?;
+    }
+    let guard = lock.lock();
+    drop(linked);
+    drop(each);
+    drop(guard);
+    Ok(())
+}
+
+/// The segment limits and the optimal mapping size come from the device.
+fn device_limits(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
+    let opt = opt_mapping_size(edu.dev);
+    // SAFETY: `edu.dev` is bound.
+    let max = unsafe { bindings::dma_max_mapping_size(edu.dev.as_raw()) };
+    check(opt > 0 && opt <= max, "optimal size within the maximum")?;
+    // SAFETY: `edu.dev` is bound; no mapping is being made meanwhile.
+    let original = unsafe { bindings::dma_get_max_seg_size(edu.dev.as_raw()) };
+    // SAFETY: As above.
+    unsafe { bindings::dma_set_max_seg_size(edu.dev.as_raw(), 2 * 4096) };
+    let limits = segment_limits(edu.dev, PAGE_SIZE);
+    // SAFETY: As above.
+    unsafe { bindings::dma_set_max_seg_size(edu.dev.as_raw(), original) };
+    let mapping = DmaMapping::new(
+        edu.dev,
+        sink(16 * PAGE_SIZE + 100)?,
+        DataDirection::FromDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    let mut total = 0;
+    for segment in mapping.segments(limits?) {
+        check(segment.size() <= 8192, "segments of the device's maximum size")?;
+        total += segment.size();
+    }
+    check(total == mapping.size(), "segments cover the mapping")?;
+    check(
+        segment_limits(edu.dev, 3).err() == Some(EINVAL),
+        "a granule that is not a power of two",
     )
 }
 
@@ -996,12 +1214,27 @@ mod cases {
     }
 
     #[test]
+    fn map_borrowed_memory() {
+        assert_eq!(case(borrowed_memory), Ok(()));
+    }
+
+    #[test]
+    fn map_and_unmap_under_a_spinlock() {
+        assert_eq!(case(atomic_context), Ok(()));
+    }
+
+    #[test]
+    fn limits_of_the_device() {
+        assert_eq!(case(device_limits), Ok(()));
+    }
+
+    #[test]
     fn unmap_at_unbind() {
         // The mapping outlives the binding: the unbind unmapped it, and its drop now does not.
         let mut outcome = Outcome::new(unbind_while_mapped);
         assert_eq!(run_case(&mut outcome), Ok(()));
         if let Some(kept) = outcome.kept.take() {
-            assert!(kept.mapped.try_access().is_none());
+            assert!(kept.try_access().is_none());
         }
     }
 }

@@ -33,14 +33,15 @@ use crate::{
         PAGE_SHIFT,
         PAGE_SIZE, //
     },
-    prelude::*, //
+    prelude::*,
+    sync::Arc, //
 };
 use core::iter::Peekable;
 
 /// A sequence of physical ranges, whatever its memory layout.
 ///
-/// Implemented by [`PhyrList`] and by a plain `KVec<Phyr>`, so that code consuming ranges does not
-/// depend on how they are stored.
+/// Implemented by [`PhyrList`], by a plain `KVec<Phyr>` and by references to and [`Arc`]s of what
+/// implements it, so that code consuming ranges does not depend on how they are stored.
 pub trait PhyrRanges {
     /// Returns the ranges, in order.
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_;
@@ -52,6 +53,25 @@ pub trait PhyrPush: PhyrRanges {
     ///
     /// On error, the sequence is unchanged.
     fn push(&mut self, range: Phyr, flags: Flags) -> Result;
+}
+
+// Borrowed or shared memory has the ranges of the memory.
+impl<M: PhyrRanges + ?Sized> PhyrRanges for &M {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        (**self).ranges()
+    }
+}
+
+impl<M: PhyrRanges + ?Sized> PhyrRanges for &mut M {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        (**self).ranges()
+    }
+}
+
+impl<M: PhyrRanges> PhyrRanges for Arc<M> {
+    fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
+        (**self).ranges()
+    }
 }
 
 impl PhyrRanges for KVec<Phyr> {
@@ -316,7 +336,7 @@ impl<I: Iterator<Item = u64>> Iterator for Decoder<I> {
 #[kunit_tests(rust_kernel_dma_phyr_list)]
 mod tests {
     use super::*;
-    use crate::dma::phyr::TestRng;
+    use crate::dma::phyr::testing::TestRng;
 
     fn page_run(pfn: u64, pages: u64) -> Result<Phyr> {
         Phyr::new(pfn << PAGE_SHIFT, usize::try_from(pages << PAGE_SHIFT)?)

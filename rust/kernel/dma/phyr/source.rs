@@ -29,16 +29,19 @@ use crate::{
     },
     bindings,
     io::PhysAddr,
+    num::casts::FromSafeCast,
     page::{
         Page,
-        PAGE_SHIFT,
         PAGE_SIZE, //
     },
     prelude::*, //
 };
 use core::{
     mem::size_of_val,
-    ptr, //
+    ptr::{
+        self,
+        NonNull, //
+    },
 };
 
 /// Memory whose physical ranges can be listed.
@@ -133,12 +136,10 @@ unsafe fn append_allocation<L: PhyrPush>(
         let addr = ptr.wrapping_add(offset);
         let in_page = addr.addr() % PAGE_SIZE;
         let chunk = (PAGE_SIZE - in_page).min(size - offset);
-        // SAFETY: By the safety requirements, `addr` is inside a live vmalloc allocation, whose
-        // pages stay mapped.
-        let pfn = unsafe { bindings::vmalloc_to_pfn(addr.cast()) };
-        // CAST: the page frame number of a physical address fits in a `PhysAddr`, and so does
-        // an offset inside a page.
-        let paddr = (pfn as PhysAddr) << PAGE_SHIFT | in_page as PhysAddr;
+        // SAFETY: By the safety requirements, `addr` is inside a live vmalloc allocation (never
+        // null), which stays allocated while its page is used here.
+        let page = unsafe { Vmalloc::to_page(NonNull::new_unchecked(addr.cast_mut())) };
+        let paddr = page.phys_addr() + PhysAddr::from_safe_cast(in_page);
         list.push(Phyr::new(paddr, chunk)?, flags)?;
         offset += chunk;
     }
@@ -164,9 +165,12 @@ impl<T, A: KernelAllocator> PhyrSource for Vec<T, A> {
 #[kunit_tests(rust_kernel_dma_phyr_source)]
 mod tests {
     use super::*;
-    use crate::dma::phyr::list::{
-        PhyrList,
-        PhyrRanges, //
+    use crate::{
+        dma::phyr::list::{
+            PhyrList,
+            PhyrRanges, //
+        },
+        page::PAGE_SHIFT,
     };
 
     /// Returns the bytes of physical memory in `ranges`, read through the pages' kernel mapping.
