@@ -98,6 +98,11 @@ static __u64 min_u64(__u64 a, __u64 b)
 	return a < b ? a : b;
 }
 
+static __u64 max_u64(__u64 a, __u64 b)
+{
+	return a > b ? a : b;
+}
+
 static void fill_random(void *buf, size_t len, __u64 *state)
 {
 	unsigned char *p = buf;
@@ -637,7 +642,8 @@ static void user_round_trips(struct __test_metadata *_metadata, struct nvme_stat
 	};
 	char *wbuf, *rbuf;
 
-	size = request_len(s, big[2].len, flags) + 2 * NVME_PAGE;
+	/* The largest request: the last big one or 1024 blocks. */
+	size = request_len(s, max_u64(big[2].len, 1024 * bs), flags) + 2 * NVME_PAGE;
 	wbuf = map(size, PROT_READ | PROT_WRITE);
 	rbuf = map(size, PROT_READ | PROT_WRITE);
 	ASSERT_NE(NULL, wbuf);
