@@ -585,7 +585,8 @@ impl Controller {
             mdts => (CTRL_PAGE << mdts.min(10)).min(MAX_TRANSFER),
         };
         // Like nvme-pci: no command larger than what maps as cheaply as smaller mappings.
-        let max_transfer = max_transfer.min(opt_mapping_size(dev).max(CTRL_PAGE) & !(CTRL_PAGE - 1));
+        let max_transfer =
+            max_transfer.min(opt_mapping_size(dev).max(CTRL_PAGE) & !(CTRL_PAGE - 1));
         // SGLS bits 1:0: 1 for SGLs, 2 for SGLs of 4-byte aligned and sized data blocks.
         let sgl = match le32(controller, 536) & 3 {
             1 => Some(Descriptors::Sgl {
@@ -1054,7 +1055,12 @@ impl Shared {
     }
 
     /// Moves the data of `memory` with the controller, if it is still bound.
-    fn transfer<S: DmaMemory + 'static>(&self, memory: S, request: &Request, args: &mut IoArgs) -> Result<S> {
+    fn transfer<S: DmaMemory + 'static>(
+        &self,
+        memory: S,
+        request: &Request,
+        args: &mut IoArgs,
+    ) -> Result<S> {
         let mut state = self.state.lock();
         let State { controller, stats } = &mut *state;
         let controller = controller.as_mut().ok_or(ENODEV)?;

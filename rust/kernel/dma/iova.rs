@@ -233,7 +233,9 @@ impl<'a> IovaSpace<'a> {
 
     /// Whether every granule of `first..last` is linked.
     fn all_linked(&self, first: usize, last: usize) -> bool {
-        self.linked.next_zero_bit(first).is_none_or(|bit| bit >= last)
+        self.linked
+            .next_zero_bit(first)
+            .is_none_or(|bit| bit >= last)
     }
 
     fn is_start(&self, granule: usize) -> bool {

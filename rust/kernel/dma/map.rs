@@ -357,7 +357,11 @@ pub fn segment_limits(dev: &Device<Bound>, granule: usize) -> Result<SegmentLimi
             bindings::dma_get_seg_boundary(dev.as_raw()),
         )
     };
-    SegmentLimits::new(usize::from_safe_cast(max_size), u64::from_safe_cast(boundary), granule)
+    SegmentLimits::new(
+        usize::from_safe_cast(max_size),
+        u64::from_safe_cast(boundary),
+        granule,
+    )
 }
 
 /// Returns the largest size of a mapping of `dev` that does not cost more than smaller ones
@@ -465,7 +469,11 @@ impl<'a> Mapped<'a> {
     /// Links every range of `memory` into `state`, a fresh allocation of `self.size` bytes, and
     /// makes them visible to the device with one `dma_iova_sync()`. On error, undoes the links
     /// and frees the allocation.
-    fn link_all<S: DmaMemory>(&mut self, memory: &S, mut state: bindings::dma_iova_state) -> Result {
+    fn link_all<S: DmaMemory>(
+        &mut self,
+        memory: &S,
+        mut state: bindings::dma_iova_state,
+    ) -> Result {
         let dev = self.dev.as_raw();
         let mut offset = 0;
         let mut result = Ok(());

@@ -666,13 +666,7 @@ fn bad_requests(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         attrs::DMA_ATTR_FORCE_CONTIGUOUS,
         attrs::DMA_ATTR_NO_WARN | attrs::DMA_ATTR_ALLOC_SINGLE_PAGES,
     ] {
-        let mapping = DmaMapping::new(
-            edu.dev,
-            sink(16)?,
-            DataDirection::ToDevice,
-            bad,
-            GFP_KERNEL,
-        );
+        let mapping = DmaMapping::new(edu.dev, sink(16)?, DataDirection::ToDevice, bad, GFP_KERNEL);
         check(
             mapping.err() == Some(EINVAL),
             "non-streaming attribute: EINVAL",
@@ -713,10 +707,7 @@ fn bad_requests(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
         mapping.sync_for_cpu(0, 0) == Err(ERANGE),
         "empty sync: ERANGE",
     )?;
-    check(
-        mapping.sync_for_cpu(0, 100).is_ok(),
-        "sync of everything",
-    )
+    check(mapping.sync_for_cpu(0, 100).is_ok(), "sync of everything")
 }
 
 fn dma_mask(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
@@ -1059,11 +1050,8 @@ fn atomic_context(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     let lock = KBox::pin_init(new_spinlock!(0usize), GFP_KERNEL)?;
     let pages = PageRanges::new(64)?;
     // Ranges that do not meet on IOVA granules: range by range, with lists of DMA ranges.
-    let mut unaligned = PageRanges::new(3)?.with_ranges(&[
-        (0, 100, 200),
-        (1, 8, 64),
-        (2, 0, PAGE_SIZE),
-    ])?;
+    let mut unaligned =
+        PageRanges::new(3)?.with_ranges(&[(0, 100, 200), (1, 8, 64), (2, 0, PAGE_SIZE)])?;
     let mut guard = lock.lock();
     let linked = DmaMapping::new(
         edu.dev,
@@ -1122,7 +1110,10 @@ fn device_limits(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
     )?;
     let mut total = 0;
     for segment in mapping.segments(limits?) {
-        check(segment.size() <= 8192, "segments of the device's maximum size")?;
+        check(
+            segment.size() <= 8192,
+            "segments of the device's maximum size",
+        )?;
         total += segment.size();
     }
     check(total == mapping.size(), "segments cover the mapping")?;
