@@ -1,50 +1,137 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0
-"""Reads the benchmark part of a guest console log on stdin and prints the
-map+unmap times of dma_map_sg(), the C dma_iova_link() loop and the Rust API
-with their ratios, the median of the rounds of each. Exits 1 if a figure is
-missing."""
+"""Reads the benchmark part of a guest console log on stdin, prints the
+table of every case and mode (map+unmap time: median, min and max over the
+rounds; step times; IOTLB syncs and allocations per map+unmap; ratio to the
+C two-step API) and writes it as tab-separated values to the file named by
+the first argument. Exits 1 if a figure is missing."""
 import re
 import statistics
 import sys
 
-text = sys.stdin.read()
-rust = {}
-for count, unit, ns, path, ranges in re.findall(
-        r"rust_dma_bench: (\d+) (pages|MiB contiguous): (\d+) ns per map\+unmap, "
-        r"path (\w+), \d+ physical ranges, (\d+) DMA", text):
-    rust.setdefault((int(count), unit), []).append((int(ns) / 1000, path, int(ranges)))
-c = {}
-for mode, granule, body in re.findall(
-        r"benchmark\((\w+)_MODE\).*?granule:\s*(\d+)\n(.*?)(?=dma mapping benchmark|RFL-BENCH-END)",
-        text, re.S):
-    lat = [float(x) for x in re.findall(r"average (?:map|unmap) latency\(us\):([\d.]+)", body)]
-    if len(lat) == 2:
-        c.setdefault((mode, int(granule)), []).append(lat[0] + lat[1])
+CASES = ["1-scattered", "16-scattered", "512-scattered", "4096-scattered",
+         "16-adjacent", "512-adjacent", "4096-adjacent", "2M-contiguous"]
+MODES = ["sg", "c-iova", "rust", "rust-devres"]
+STEPS = {"sg": ["map_ns", "unmap_ns"],
+         "c-iova": ["iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns"],
+         "rust": ["map_ns", "unmap_ns"],
+         "rust-devres": ["map_ns", "unmap_ns"]}
+EVENTS = ["kmalloc", "kmem_cache_alloc", "mm_page_alloc"]
+COLUMNS = ["case", "mode", "iterations", "ranges", "bytes", "median_ns", "min_ns", "max_ns",
+           "map_ns", "unmap_ns", "iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns",
+           "iotlb_syncs_per_map", "allocs_per_map", "kmalloc_per_map",
+           "kmem_cache_alloc_per_map", "mm_page_alloc_per_map", "ratio_to_c_iova"]
 
-rounds = min([len(v) for v in list(c.values()) + list(rust.values())] or [0])
-c = {key: statistics.median(values) for key, values in c.items()}
-rust = {key: (statistics.median(v[0] for v in values), values[0][1], values[0][2])
-        for key, values in rust.items()}
-print("map+unmap, microseconds per operation, median of %d rounds (VT-d strict, one boot):"
-      % rounds)
-print("%16s %11s %12s %9s %7s %8s  %s" %
-      ("case", "dma_map_sg", "C IOVA loop", "Rust API", "Rust/C", "IOVA/SG", "Rust path"))
-complete = True
-for pages in (1, 16, 512):
-    sg, iova, r = c.get(("SG", pages)), c.get(("IOVA", pages)), rust.get((pages, "pages"))
-    if None in (sg, iova, r):
-        print("%10d pages: missing figures" % pages)
-        complete = False
+
+def fields(line):
+    return dict(re.findall(r"(\w+)=(\S+)", line))
+
+
+def per_map(snapshots, counter):
+    """The counter over the run of N cycles (snapshots 2 to 3) less the one
+    over the run of 0 cycles (1 to 2), per cycle: exact when every cycle does
+    the same."""
+    c1, c2, c3 = (int(snapshots[k][counter]) for k in (1, 2, 3))
+    value = ((c3 - c2) - (c2 - c1)) / int(snapshots[3]["iterations"])
+    return value
+
+
+def show(value):
+    return "%d" % value if value == int(value) else "%.2f" % value
+
+
+text = sys.stdin.read()
+errors = re.findall(r"^RFL-BENCH-ERROR (.*)", text, re.M)
+plan = fields(re.search(r"^RFL-BENCH-PLAN .*", text, re.M).group(0)) \
+    if "RFL-BENCH-PLAN" in text else {}
+rounds = int(plan.get("rounds", 0))
+times, steps, info, counts = {}, {}, {}, {}
+for line in re.findall(r"^RFL-BENCH-RESULT .*", text, re.M):
+    f = fields(line)
+    if "ns_per_map" not in f:
         continue
-    print("%10d pages %11.1f %12.1f %9.1f %7.3f %8.3f  %s, %d range(s)" %
-          (pages, sg, iova, r[0], r[0] / iova, iova / sg, r[1], r[2]))
-single, r = c.get(("SINGLE", 512)), rust.get((2, "MiB contiguous"))
-if single is None or r is None:
-    print("2 MiB contiguous: missing figures")
-    complete = False
-else:
-    print("%16s %11s %12.1f %9.1f %7.3f %8s  %s, %d range(s)" %
-          ("2 MiB contiguous", "-", single, r[0], r[0] / single, "-", r[1], r[2]))
-    print("(2 MiB: the C column is dma_map_single() of the same buffer size)")
-sys.exit(0 if complete else 1)
+    key = (f["case"], f["mode"])
+    info[key] = f
+    if f["pass"] == "time":
+        times.setdefault(key, []).append(int(f["ns_per_map"]))
+    else:
+        for step in STEPS[f["mode"]]:
+            if step in f:
+                steps.setdefault(key, {}).setdefault(step, []).append(int(f[step]))
+timestamps = [int(f["timestamp_ns"]) for f in map(fields, re.findall(
+    r"^RFL-BENCH-RESULT .* timestamp_ns=.*", text, re.M))]
+for line in re.findall(r"^RFL-BENCH-COUNT .*", text, re.M):
+    f = fields(line)
+    counts.setdefault((f["case"], f["mode"]), {})[int(f["snapshot"])] = f
+
+rows, missing = [], []
+for case in CASES:
+    for mode in MODES:
+        key = (case, mode)
+        row = dict.fromkeys(COLUMNS, "")
+        row.update(case=case, mode=mode)
+        if key in info:
+            row.update({k: info[key][k] for k in ("iterations", "ranges", "bytes")})
+        if len(times.get(key, [])) == rounds > 0:
+            row.update(median_ns="%d" % statistics.median(times[key]),
+                       min_ns=min(times[key]), max_ns=max(times[key]))
+        else:
+            missing.append("%s %s: %d of %d timed rounds" %
+                           (case, mode, len(times.get(key, [])), rounds))
+        for step in STEPS[mode]:
+            values = steps.get(key, {}).get(step, [])
+            if len(values) == rounds > 0:
+                row[step] = "%d" % statistics.median(values)
+            else:
+                missing.append("%s %s: %s in %d of %d rounds" %
+                               (case, mode, step, len(values), rounds))
+        if mode == "c-iova" and row["iova_alloc_ns"]:
+            row["map_ns"] = "%d" % sum(int(row[s]) for s in STEPS[mode][:3])
+            row["unmap_ns"] = row["destroy_ns"]
+        snapshots = counts.get(key, {})
+        if all(k in snapshots for k in (1, 2, 3)):
+            row["iotlb_syncs_per_map"] = show(per_map(snapshots, "iotlb_syncs"))
+            allocs = [per_map(snapshots, event) for event in EVENTS]
+            for event, value in zip(EVENTS, allocs):
+                row[event + "_per_map"] = show(value)
+            row["allocs_per_map"] = show(sum(allocs))
+        else:
+            missing.append("%s %s: no IOTLB sync and allocation counts" % (case, mode))
+        rows.append(row)
+
+for row in rows:
+    base = next(r for r in rows if r["case"] == row["case"] and r["mode"] == "c-iova")
+    if row["median_ns"] and base["median_ns"]:
+        row["ratio_to_c_iova"] = "%.3f" % (int(row["median_ns"]) / int(base["median_ns"]))
+
+print("map+unmap of the same memory and physical ranges in every mode, ns per map+unmap:")
+print("median, min and max of %d interleaved rounds (VT-d strict, one boot); step times are"
+      % rounds)
+print("medians of a separate pass with timestamps between the steps, less the cost of one")
+print("timestamp (median %s ns); syncs and allocations per map+unmap are counted in an"
+      % (statistics.median(timestamps) if timestamps else "?"))
+print("untimed pass (N minus 0 cycles, in one warmed-up process).")
+header = ("case", "mode", "ranges", "median", "min", "max", "map", "unmap", "iova_alloc",
+          "link", "sync", "destroy", "syncs", "allocs", "/c-iova")
+layout = "%-15s %-11s %6s %9s %9s %9s %9s %9s %10s %9s %6s %8s %5s %6s %7s"
+print(layout % header)
+for row in rows:
+    print(layout % tuple(str(row[c]) for c in (
+        "case", "mode", "ranges", "median_ns", "min_ns", "max_ns", "map_ns", "unmap_ns",
+        "iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns", "iotlb_syncs_per_map",
+        "allocs_per_map", "ratio_to_c_iova")))
+paths = sorted({"%s with %s DMA range(s)" % (f["path"], f["dma_ranges"])
+                for (case, mode), f in info.items()})
+if paths:
+    print("DmaMapping path: " + "; ".join(paths))
+
+with open(sys.argv[1], "w") as tsv:
+    tsv.write("\t".join(COLUMNS) + "\n")
+    for row in rows:
+        tsv.write("\t".join(str(row[c]) for c in COLUMNS) + "\n")
+
+for error in errors:
+    print("error: " + error)
+for item in missing:
+    print("missing: " + item)
+sys.exit(1 if errors or missing or not rounds else 0)

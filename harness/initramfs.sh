@@ -1,8 +1,7 @@
 #!/bin/bash
 # SPDX-License-Identifier: GPL-2.0
 # Packs the test guest's initramfs: static busybox, the series' kselftests
-# (with the shared libraries their programs need), the kernel modules and
-# the DMA map benchmark tool.
+# (with the shared libraries their programs need) and the kernel modules.
 . "$(dirname "$0")/lib.sh"
 
 stage=$OUT/initramfs
@@ -14,12 +13,6 @@ install -m 755 "$REPO/harness/guest-init" "$stage/init"
 make -s -C "$SRC/tools/testing/selftests" O="$OBJ/kselftest" LLVM=1 \
 	TARGETS="rust_dma rust_nvme_dma" INSTALL_PATH="$stage/kselftest" install >/dev/null
 kmake -s INSTALL_MOD_PATH="$stage" INSTALL_MOD_STRIP=1 modules_install >/dev/null
-
-# The DMA map benchmark's user tool, against the series' uapi header.
-kmake -s headers >/dev/null
-mkdir -p "$stage/bench"
-gcc -O2 -Wall -static -D_GNU_SOURCE -I"$OBJ/usr/include" \
-	-o "$stage/bench/dma_map_benchmark" "$SRC/tools/dma/dma_map_benchmark.c"
 
 # Dynamically linked test programs get the host's libraries.
 libs=$(find "$stage/kselftest" -type f -perm -u+x -exec ldd {} + 2>/dev/null |
