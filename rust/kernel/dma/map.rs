@@ -379,26 +379,35 @@ struct Linked {
     range: DmaRange,
 }
 
+/// Ranges mapped one by one with `dma_map_phys()`.
+struct EachMapped {
+    /// The DMA ranges, coalesced.
+    ranges: KVec<DmaRange>,
+    /// The mapped ranges, for unmapping and syncing.
+    units: KVec<DmaRange>,
+}
+
+/// How the memory of a mapping is mapped. The IOVA path holds no vector: nothing to free.
+enum Ranges {
+    Linked(Linked),
+    EachMapped(EachMapped),
+}
+
 /// The mapped state of a [`DmaMapping`], undone when it is dropped.
 ///
 /// # Invariants
 ///
-/// - If `linked` is `Some`, its state was allocated for `dev` and all of its range is linked,
-///   the ranges of the memory one after the other, with `direction` and `attrs`; `ranges` and
-///   `units` are empty.
+/// - If `ranges` is [`Ranges::Linked`], its state was allocated for `dev` and all of its range
+///   is linked, the ranges of the memory one after the other, with `direction` and `attrs`.
 /// - Otherwise every range of `units` is mapped by `dma_map_phys()` for `dev` with `direction`
 ///   and `attrs`, and `ranges` are the same bytes, coalesced; `units` is empty only if
 ///   `dma_need_unmap()` returned false after the mapping, and no unmap and no sync is needed.
-/// - `translated` is whether `dev` is behind a translating IOMMU; `size` is the sum of the sizes
-///   of the DMA ranges.
+/// - `size` is the sum of the sizes of the DMA ranges.
 struct Mapped<'a> {
     dev: &'a Device<Bound>,
     direction: DataDirection,
     attrs: Attrs,
-    linked: Option<Linked>,
-    ranges: KVec<DmaRange>,
-    units: KVec<DmaRange>,
-    translated: bool,
+    ranges: Ranges,
     size: usize,
 }
 
@@ -411,33 +420,25 @@ impl<'a> Mapped<'a> {
         attrs: Attrs,
         flags: Flags,
     ) -> Result<Self> {
-        let granule = iova_granule(dev);
-        let mask = granule.map_or(0, |granule| u64::from_safe_cast(granule) - 1);
         // The ranges meet on IOVA granules if every range but the first starts on one and
-        // every range but the last ends on one.
-        let mut meet = granule.is_some();
+        // every range but the last ends on one: the inner boundaries, ORed together, have no bit
+        // below the granule. A single range has none, and needs no granule to tell.
+        let mut inner: Option<u64> = None;
         let mut size = 0usize;
         let mut first = None;
         let mut last_end = None;
         for range in memory.ranges() {
             if let Some(end) = last_end {
-                meet &= (end | range.paddr()) & mask == 0;
+                *inner.get_or_insert(0) |= end | range.paddr();
             }
             first.get_or_insert(range);
             size = size.checked_add(range.size()).ok_or(EOVERFLOW)?;
             last_end = Some(range.end());
         }
         let first = first.ok_or(EINVAL)?;
-        let mut mapped = Self {
-            dev,
-            direction,
-            attrs,
-            linked: None,
-            ranges: KVec::new(),
-            units: KVec::new(),
-            translated: granule.is_some(),
-            size,
-        };
+        let meet = inner.is_none_or(|bits| {
+            iova_granule(dev).is_some_and(|granule| bits & (u64::from_safe_cast(granule) - 1) == 0)
+        });
         if meet {
             let mut state = bindings::dma_iova_state::default();
             // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device` and `state`
@@ -445,8 +446,15 @@ impl<'a> Mapped<'a> {
             if unsafe {
                 bindings::dma_iova_try_alloc(dev.as_raw(), &mut state, first.paddr(), size)
             } {
-                mapped.link_all(memory, state)?;
-                return Ok(mapped);
+                let linked = link_all(dev, memory, state, size, direction, attrs)?;
+                // INVARIANT: all of the memory is linked into `linked`, of `size` bytes.
+                return Ok(Self {
+                    dev,
+                    direction,
+                    attrs,
+                    ranges: Ranges::Linked(linked),
+                    size,
+                });
             }
             // A failed allocation leaves `state` behind here: the fallback never sees it.
         }
@@ -455,80 +463,35 @@ impl<'a> Mapped<'a> {
         let max_size = unsafe { bindings::dma_max_mapping_size(dev.as_raw()) };
         let limits = SegmentLimits::new(max_size, u64::MAX, PAGE_SIZE)?;
         let count = Split::new(memory.ranges(), limits).count();
-        mapped.units.reserve(count, flags)?;
-        mapped.ranges.reserve(count, flags)?;
-        mapped.map_each(Split::new(memory.ranges(), limits))?;
+        let mut each = EachMapped {
+            ranges: KVec::with_capacity(count, flags)?,
+            units: KVec::with_capacity(count, flags)?,
+        };
+        // INVARIANT: nothing is mapped yet; `map_each` records what it maps as it goes.
+        let mut mapped = Self {
+            dev,
+            direction,
+            attrs,
+            ranges: Ranges::EachMapped(EachMapped {
+                ranges: KVec::new(),
+                units: KVec::new(),
+            }),
+            size,
+        };
+        let result = mapped.map_each(&mut each, Split::new(memory.ranges(), limits));
         // SAFETY: `dev.as_raw()` is a valid pointer to a bound `struct device`.
-        if !unsafe { bindings::dma_need_unmap(dev.as_raw()) } {
+        if result.is_ok() && !unsafe { bindings::dma_need_unmap(dev.as_raw()) } {
             // INVARIANT: unmapping does not need the addresses, and syncing needs none.
-            mapped.units = KVec::new();
+            each.units = KVec::new();
         }
-        Ok(mapped)
+        // INVARIANT: `each` records every range mapped, for `drop` to unmap them on error too.
+        mapped.ranges = Ranges::EachMapped(each);
+        result.map(|()| mapped)
     }
 
-    /// Links every range of `memory` into `state`, a fresh allocation of `self.size` bytes, and
-    /// makes them visible to the device with one `dma_iova_sync()`. On error, undoes the links
-    /// and frees the allocation.
-    fn link_all<S: DmaMemory>(
-        &mut self,
-        memory: &S,
-        mut state: bindings::dma_iova_state,
-    ) -> Result {
-        let dev = self.dev.as_raw();
-        let mut offset = 0;
-        let mut result = Ok(());
-        for range in memory.ranges() {
-            // SAFETY: `state` was allocated for the bound `dev`, of `self.size` bytes; the ranges
-            // meet on IOVA granules and are linked one after the other, inside the allocation;
-            // the memory stays valid while the mapping lives (`DmaMemory`).
-            result = to_result(unsafe {
-                bindings::dma_iova_link(
-                    dev,
-                    &mut state,
-                    range.paddr(),
-                    offset,
-                    range.size(),
-                    self.direction.into(),
-                    self.attrs.as_raw(),
-                )
-            });
-            if result.is_err() {
-                break;
-            }
-            offset += range.size();
-        }
-        if result.is_ok() {
-            // SAFETY: As above; `0..self.size` is linked.
-            result = to_result(unsafe { bindings::dma_iova_sync(dev, &mut state, 0, self.size) });
-        }
-        // SAFETY: `state.addr..state.addr + self.size` is the allocated IOVA range.
-        let range =
-            result.and_then(|()| unsafe { DmaRange::from_bus_address(state.addr, self.size) });
-        match range {
-            Ok(range) => {
-                // INVARIANT: all of `self.size` is linked into `state`.
-                self.linked = Some(Linked { state, range });
-                Ok(())
-            }
-            Err(e) => {
-                // SAFETY: `state` was allocated for the bound `dev`; `0..offset` is linked.
-                unsafe {
-                    bindings::dma_iova_destroy(
-                        dev,
-                        &mut state,
-                        offset,
-                        self.direction.into(),
-                        self.attrs.as_raw(),
-                    )
-                };
-                Err(e)
-            }
-        }
-    }
-
-    /// Maps every range of `ranges` with `dma_map_phys()`, into `units` and `ranges`, which have
-    /// room for all of them. What was mapped stays recorded on error, for `drop` to unmap.
-    fn map_each(&mut self, ranges: impl Iterator<Item = Phyr>) -> Result {
+    /// Maps every range of `ranges` with `dma_map_phys()`, into `each`, which has room for all
+    /// of them. What was mapped stays recorded on error, for `drop` to unmap.
+    fn map_each(&self, each: &mut EachMapped, ranges: impl Iterator<Item = Phyr>) -> Result {
         let dev = self.dev.as_raw();
         for range in ranges {
             // SAFETY: `dev` is a valid pointer to a bound `struct device`, the direction is
@@ -549,7 +512,7 @@ impl<'a> Mapped<'a> {
             // SAFETY: `addr` is the mapping of `range`, until it is unmapped in `drop`.
             let unit = unsafe { DmaRange::from_bus_address(addr, range.size()) };
             let recorded = unit.and_then(|unit| {
-                self.units
+                each.units
                     .push_within_capacity(unit)
                     .map_err(|_| ENOMEM)
                     .map(|()| unit)
@@ -564,14 +527,14 @@ impl<'a> Mapped<'a> {
                     return Err(e);
                 }
             };
-            match self.ranges.last_mut() {
+            match each.ranges.last_mut() {
                 Some(last) if last.end() == unit.dma_addr() => {
                     // SAFETY: Two adjacent mapped ranges are one mapped range.
                     *last = unsafe {
                         DmaRange::from_bus_address(last.dma_addr(), last.size() + unit.size())?
                     };
                 }
-                _ => self.ranges.push_within_capacity(unit).map_err(|_| ENOMEM)?,
+                _ => each.ranges.push_within_capacity(unit).map_err(|_| ENOMEM)?,
             }
         }
         Ok(())
@@ -579,23 +542,24 @@ impl<'a> Mapped<'a> {
 
     /// Returns the DMA ranges of the mapping.
     fn ranges(&self) -> &[DmaRange] {
-        match &self.linked {
-            Some(linked) => slice::from_ref(&linked.range),
-            None => &self.ranges,
+        match &self.ranges {
+            Ranges::Linked(linked) => slice::from_ref(&linked.range),
+            Ranges::EachMapped(each) => &each.ranges,
         }
     }
 
-    /// Returns the path the mapping took. Without an IOMMU, looks up every mapped range in the
-    /// swiotlb pools: a cost only paid when asked.
+    /// Returns the path the mapping took. Range by range, asks whether the device is behind an
+    /// IOMMU and, without one, looks up every mapped range in the swiotlb pools: a cost only
+    /// paid when asked.
     fn path(&self) -> DmaPath {
-        if self.linked.is_some() {
+        let Ranges::EachMapped(each) = &self.ranges else {
             return DmaPath::Iova;
-        }
-        if self.translated {
+        };
+        if iova_granule(self.dev).is_some() {
             return DmaPath::Iommu;
         }
         let dev = self.dev.as_raw();
-        let bounced = self.units.iter().any(|unit| {
+        let bounced = each.units.iter().any(|unit| {
             // SAFETY: `dev` is a valid pointer to a bound `struct device`; the functions only
             // compute an address and look it up in the swiotlb pools.
             unsafe {
@@ -664,14 +628,17 @@ impl<'a> Mapped<'a> {
                 start = piece_end;
             }
         };
-        let Some(linked) = &self.linked else {
-            let units = if self.units.is_empty() {
-                &self.ranges
-            } else {
-                &self.units
-            };
-            sync_pieces(&mut units.iter().copied());
-            return Ok(());
+        let linked = match &self.ranges {
+            Ranges::Linked(linked) => linked,
+            Ranges::EachMapped(each) => {
+                let units = if each.units.is_empty() {
+                    &each.ranges
+                } else {
+                    &each.units
+                };
+                sync_pieces(&mut units.iter().copied());
+                return Ok(());
+            }
         };
         // Linking did the cache maintenance; later ownership changes only matter for a
         // non-coherent device or where dma-iommu bounced parts of a range. DMA-API debug does
@@ -707,7 +674,7 @@ impl<'a> Mapped<'a> {
 
 impl Drop for Mapped<'_> {
     fn drop(&mut self) {
-        if let Some(linked) = &mut self.linked {
+        if let Ranges::Linked(linked) = &mut self.ranges {
             // SAFETY: The state was allocated for the bound `self.dev` with all of its range
             // linked (type invariant).
             unsafe {
@@ -719,11 +686,69 @@ impl Drop for Mapped<'_> {
                     self.attrs.as_raw(),
                 )
             };
-            return;
+        } else if let Ranges::EachMapped(each) = &self.ranges {
+            for unit in each.units.iter() {
+                // SAFETY: Every unit is a live mapping (type invariant), unmapped only here.
+                unsafe { self.unmap_one(unit.dma_addr(), unit.size()) };
+            }
         }
-        for unit in self.units.iter() {
-            // SAFETY: Every unit is a live mapping (type invariant), unmapped only here.
-            unsafe { self.unmap_one(unit.dma_addr(), unit.size()) };
+    }
+}
+
+/// Links every range of `memory` into `state`, a fresh allocation of `size` bytes for `dev`, and
+/// makes them usable by the device with one `dma_iova_sync()`. On error, undoes the links and
+/// frees the allocation.
+fn link_all<S: DmaMemory>(
+    dev: &Device<Bound>,
+    memory: &S,
+    mut state: bindings::dma_iova_state,
+    size: usize,
+    direction: DataDirection,
+    attrs: Attrs,
+) -> Result<Linked> {
+    let raw = dev.as_raw();
+    let mut offset = 0;
+    let mut result = Ok(());
+    for range in memory.ranges() {
+        // SAFETY: `state` was allocated for the bound `dev`, of `size` bytes; the ranges meet on
+        // IOVA granules and are linked one after the other, inside the allocation; the memory
+        // stays valid while the mapping lives (`DmaMemory`).
+        result = to_result(unsafe {
+            bindings::dma_iova_link(
+                raw,
+                &mut state,
+                range.paddr(),
+                offset,
+                range.size(),
+                direction.into(),
+                attrs.as_raw(),
+            )
+        });
+        if result.is_err() {
+            break;
+        }
+        offset += range.size();
+    }
+    if result.is_ok() {
+        // SAFETY: As above; `0..size` is linked.
+        result = to_result(unsafe { bindings::dma_iova_sync(raw, &mut state, 0, size) });
+    }
+    // SAFETY: `state.addr..state.addr + size` is the allocated IOVA range.
+    let range = result.and_then(|()| unsafe { DmaRange::from_bus_address(state.addr, size) });
+    match range {
+        Ok(range) => Ok(Linked { state, range }),
+        Err(e) => {
+            // SAFETY: `state` was allocated for the bound `dev`; `0..offset` is linked.
+            unsafe {
+                bindings::dma_iova_destroy(
+                    raw,
+                    &mut state,
+                    offset,
+                    direction.into(),
+                    attrs.as_raw(),
+                )
+            };
+            Err(e)
         }
     }
 }
