@@ -25,4 +25,4 @@ selftest: prepare
 	@bash harness/selftests.sh $(CONFIG)
 
 bench:
-	@bash harness/bench.sh $(SECONDS)
+	@bash harness/bench.sh $(RUN_MS)
