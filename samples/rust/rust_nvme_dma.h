@@ -43,7 +43,7 @@ struct rust_nvme_info {
 	__u16 pci_vendor;	/* VID */
 	__u16 sgl;		/* 1 if the controller takes SGLs */
 	__u32 block_size;	/* bytes per logical block of namespace 1 */
-	__u32 max_transfer;	/* bytes per command: MDTS, capped by the sample and the DMA layer */
+	__u32 max_transfer;	/* bytes per command: MDTS, capped by the sample and DMA */
 	__u64 blocks;		/* namespace size (NSZE) in blocks */
 	__u32 max_request;	/* bytes per read or write request */
 	__u32 max_contiguous;	/* bytes per RUST_NVME_IO_CONTIGUOUS request */
