@@ -11,16 +11,18 @@ import sys
 
 CASES = ["1-scattered", "16-scattered", "512-scattered", "4096-scattered",
          "16-adjacent", "512-adjacent", "4096-adjacent", "2M-contiguous"]
-MODES = ["sg", "c-iova", "rust", "rust-devres"]
+MODES = ["sg", "c-iova", "c-iova-batched", "rust", "rust-devres"]
 STEPS = {"sg": ["map_ns", "unmap_ns"],
          "c-iova": ["iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns"],
+         "c-iova-batched": ["iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns"],
          "rust": ["map_ns", "unmap_ns"],
          "rust-devres": ["map_ns", "unmap_ns"]}
 EVENTS = ["kmalloc", "kmem_cache_alloc", "mm_page_alloc"]
 COLUMNS = ["case", "mode", "iterations", "ranges", "bytes", "median_ns", "min_ns", "max_ns",
            "map_ns", "unmap_ns", "iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns",
            "iotlb_syncs_per_map", "allocs_per_map", "kmalloc_per_map",
-           "kmem_cache_alloc_per_map", "mm_page_alloc_per_map", "ratio_to_c_iova"]
+           "kmem_cache_alloc_per_map", "mm_page_alloc_per_map", "ratio_to_c_iova",
+           "ratio_to_c_iova_batched"]
 
 
 def fields(line):
@@ -85,7 +87,7 @@ for case in CASES:
             else:
                 missing.append("%s %s: %s in %d of %d rounds" %
                                (case, mode, step, len(values), rounds))
-        if mode == "c-iova" and row["iova_alloc_ns"]:
+        if mode.startswith("c-iova") and row["iova_alloc_ns"]:
             row["map_ns"] = "%d" % sum(int(row[s]) for s in STEPS[mode][:3])
             row["unmap_ns"] = row["destroy_ns"]
         snapshots = counts.get(key, {})
@@ -100,9 +102,11 @@ for case in CASES:
         rows.append(row)
 
 for row in rows:
-    base = next(r for r in rows if r["case"] == row["case"] and r["mode"] == "c-iova")
-    if row["median_ns"] and base["median_ns"]:
-        row["ratio_to_c_iova"] = "%.3f" % (int(row["median_ns"]) / int(base["median_ns"]))
+    for mode in ("c-iova", "c-iova-batched"):
+        base = next(r for r in rows if r["case"] == row["case"] and r["mode"] == mode)
+        if row["median_ns"] and base["median_ns"]:
+            row["ratio_to_" + mode.replace("-", "_")] = "%.3f" % (
+                int(row["median_ns"]) / int(base["median_ns"]))
 
 print("map+unmap of the same memory and physical ranges in every mode, ns per map+unmap:")
 print("median, min and max of %d interleaved rounds (VT-d strict, one boot); step times are"
@@ -112,14 +116,14 @@ print("timestamp (median %s ns); syncs and allocations per map+unmap are counted
       % (statistics.median(timestamps) if timestamps else "?"))
 print("untimed pass (N minus 0 cycles, in one warmed-up process).")
 header = ("case", "mode", "ranges", "median", "min", "max", "map", "unmap", "iova_alloc",
-          "link", "sync", "destroy", "syncs", "allocs", "/c-iova")
-layout = "%-15s %-11s %6s %9s %9s %9s %9s %9s %10s %9s %6s %8s %5s %6s %7s"
+          "link", "sync", "destroy", "syncs", "allocs", "/c-iova", "/batched")
+layout = "%-15s %-14s %6s %9s %9s %9s %9s %9s %10s %9s %6s %8s %5s %6s %7s %8s"
 print(layout % header)
 for row in rows:
     print(layout % tuple(str(row[c]) for c in (
         "case", "mode", "ranges", "median_ns", "min_ns", "max_ns", "map_ns", "unmap_ns",
         "iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns", "iotlb_syncs_per_map",
-        "allocs_per_map", "ratio_to_c_iova")))
+        "allocs_per_map", "ratio_to_c_iova", "ratio_to_c_iova_batched")))
 paths = sorted({"%s with %s DMA range(s)" % (f["path"], f["dma_ranges"])
                 for (case, mode), f in info.items()})
 if paths:

@@ -18,6 +18,7 @@ touch "$RESULTS"
 start=$SECONDS
 if stage prepare; then
 	stage kunit || true
+	stage kunit-pt || true
 	stage selftests || true
 	stage static-checks || true
 	stage series || true

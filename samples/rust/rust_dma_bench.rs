@@ -253,17 +253,25 @@ impl Drop for SgTable {
 enum Mode {
     Sg,
     CIova,
+    CIovaBatched,
     Rust,
     RustDevres,
 }
 
 impl Mode {
-    const ALL: [Mode; 4] = [Mode::Sg, Mode::CIova, Mode::Rust, Mode::RustDevres];
+    const ALL: [Mode; 5] = [
+        Mode::Sg,
+        Mode::CIova,
+        Mode::CIovaBatched,
+        Mode::Rust,
+        Mode::RustDevres,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Mode::Sg => "sg",
             Mode::CIova => "c-iova",
+            Mode::CIovaBatched => "c-iova-batched",
             Mode::Rust => "rust",
             Mode::RustDevres => "rust-devres",
         }
@@ -272,7 +280,9 @@ impl Mode {
     /// The names of the steps that [`Case::cycle`] times in this mode, in order.
     fn steps(self) -> &'static [&'static str] {
         match self {
-            Mode::CIova => &["iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns"],
+            Mode::CIova | Mode::CIovaBatched => {
+                &["iova_alloc_ns", "link_ns", "sync_ns", "destroy_ns"]
+            }
             Mode::Sg | Mode::Rust | Mode::RustDevres => &["map_ns", "unmap_ns"],
         }
     }
@@ -334,7 +344,8 @@ impl Case {
                 unsafe { bindings::dma_unmap_sgtable(raw, table, dir.into(), 0) };
                 lap(1);
             }
-            Mode::CIova => self.c_iova(dev, lap)?,
+            Mode::CIova => self.c_iova(dev, false, lap)?,
+            Mode::CIovaBatched => self.c_iova(dev, true, lap)?,
             Mode::Rust => {
                 let mapping =
                     DmaMapping::new(dev, &*self.memory, dir, Attrs::default(), GFP_ATOMIC)?;
@@ -395,10 +406,14 @@ impl Case {
         })
     }
 
-    /// Maps and unmaps the ranges with the C two-step API, as a C driver does.
-    fn c_iova(&self, dev: &Device<Bound>, lap: &mut impl FnMut(usize)) -> Result {
+    /// Maps and unmaps the ranges with the C two-step API, as a C driver does: one
+    /// `dma_iova_link()` per range, or all of them with one `dma_iova_link_phys_vec()` if
+    /// `batched`.
+    fn c_iova(&self, dev: &Device<Bound>, batched: bool, lap: &mut impl FnMut(usize)) -> Result {
         let (raw, dir) = (raw_device(dev), DataDirection::ToDevice.into());
-        let first = self.memory.ranges.first().ok_or(EINVAL)?;
+        let ranges = &self.memory.ranges;
+        let first = ranges.first().ok_or(EINVAL)?;
+        let count = u32::try_from(ranges.len())?;
         let mut state = bindings::dma_iova_state::default();
         // SAFETY: `dev` is bound and `state` is a valid `struct dma_iova_state`.
         if !unsafe { bindings::dma_iova_try_alloc(raw, &mut state, first.paddr(), self.size) } {
@@ -407,25 +422,45 @@ impl Case {
         lap(0);
         let mut offset = 0;
         let mut result = Ok(());
-        for range in self.memory.ranges.iter() {
+        if batched {
             // SAFETY: `state` holds `self.size` bytes of IOVA space for `dev`; the ranges are
-            // whole pages, linked one after the other inside it, of memory that stays
-            // allocated while `self` lives.
+            // whole pages of memory that stays allocated while `self` lives, and `Phyr` is a
+            // transparent `struct phys_vec`.
             result = to_result(unsafe {
-                bindings::dma_iova_link(
+                bindings::dma_iova_link_phys_vec(
                     raw,
                     &mut state,
-                    range.paddr(),
-                    offset,
-                    range.size(),
+                    ranges.as_ptr().cast(),
+                    count,
+                    0,
                     dir,
                     0,
                 )
             });
-            if result.is_err() {
-                break;
+            if result.is_ok() {
+                offset = self.size;
             }
-            offset += range.size();
+        } else {
+            for range in ranges.iter() {
+                // SAFETY: `state` holds `self.size` bytes of IOVA space for `dev`; the ranges
+                // are whole pages, linked one after the other inside it, of memory that stays
+                // allocated while `self` lives.
+                result = to_result(unsafe {
+                    bindings::dma_iova_link(
+                        raw,
+                        &mut state,
+                        range.paddr(),
+                        offset,
+                        range.size(),
+                        dir,
+                        0,
+                    )
+                });
+                if result.is_err() {
+                    break;
+                }
+                offset += range.size();
+            }
         }
         lap(1);
         if result.is_ok() {

@@ -93,7 +93,7 @@ pub(crate) fn check_streaming(direction: DataDirection, attrs: Attrs) -> Result 
 /// use kernel::device::{Bound, Device};
 /// use kernel::dma::{iova::IovaSpace, phyr::{DmaRange, Phyr}, Attrs, DataDirection};
 ///
-/// /// Links `pages` one page after the other, makes them visible to the device, and returns
+/// /// Links `pages` one page after the other, makes them usable by the device, and returns
 /// /// the space, whose drop unlinks them and frees the IOVA range, with the DMA range to give
 /// /// the device.
 /// ///
@@ -108,12 +108,8 @@ pub(crate) fn check_streaming(direction: DataDirection, attrs: Attrs) -> Result 
 ///     let mut space = IovaSpace::try_alloc(dev, 0, size, DataDirection::ToDevice,
 ///                                          Attrs::default(), GFP_KERNEL)?
 ///         .ok_or(ENOTSUPP)?;
-///     let mut offset = 0;
-///     for page in pages {
-///         // SAFETY: The caller keeps the pages allocated while they are linked.
-///         unsafe { space.link(offset, page)? };
-///         offset += page.size();
-///     }
+///     // SAFETY: The caller keeps the pages allocated while they are linked.
+///     unsafe { space.link(0, pages)? };
 ///     // The links are only usable by the device after the sync, which gives their DMA range.
 ///     let range = space.sync(0, size)?;
 ///     Ok((space, range))
@@ -242,57 +238,73 @@ impl<'a> IovaSpace<'a> {
         self.starts.next_bit(granule) == Some(granule)
     }
 
-    /// Links `range` at `offset` in the space. The device may only use it after
-    /// [`IovaSpace::sync`], which gives its DMA range.
+    /// Links `ranges` one after the other from `offset` in the space, each a link of its own,
+    /// with one call into the IOMMU driver (`dma_iova_link_phys_vec()`: one IO page table walk
+    /// where the driver uses the generic page table). The device may only use them after
+    /// [`IovaSpace::sync`], which gives their DMA range.
     ///
-    /// Errors: see the [module documentation](self) for the rules, and the errors of
-    /// `dma_iova_link()` ([`ENOMEM`], [`EPERM`] where MMIO would have to be bounced). On error,
-    /// nothing of `range` stays linked.
+    /// Errors: see the [module documentation](self) for the rules, each range a link, and the
+    /// errors of `dma_iova_link()` ([`ENOMEM`], [`EPERM`] where MMIO would have to be bounced);
+    /// [`EINVAL`] for no range. On error, nothing of `ranges` stays linked.
     ///
     /// # Safety
     ///
-    /// The memory of `range` must stay valid, and not be reused for anything else, until it is
+    /// The memory of `ranges` must stay valid, and not be reused for anything else, until it is
     /// unlinked or the space is dropped. It must be system RAM, or device memory if the space
     /// was allocated with `DMA_ATTR_MMIO` (see [`MmioRanges`](super::map::MmioRanges)), and
     /// the device may only read it if the direction says so.
-    pub unsafe fn link(&mut self, offset: usize, range: &Phyr) -> Result {
-        let size = range.size();
-        self.check_bounds(offset, size)?;
+    pub unsafe fn link(&mut self, offset: usize, ranges: &[Phyr]) -> Result {
+        let count = u32::try_from(ranges.len()).map_err(|_| EINVAL)?;
+        if count == 0 {
+            return Err(EINVAL);
+        }
         // CAST: the granule is a small power of two.
         let granule = self.granule as PhysAddr;
-        let phys_head = range.paddr() % granule;
-        if offset == 0 {
-            // CAST: the offset inside a granule is less than the granule, a `usize`.
-            if phys_head as usize != self.head() {
+        let mut end = offset;
+        for range in ranges {
+            let (start, size) = (end, range.size());
+            self.check_bounds(start, size)?;
+            let phys_head = range.paddr() % granule;
+            if start == 0 {
+                // CAST: the offset inside a granule is less than the granule, a `usize`.
+                if phys_head as usize != self.head() {
+                    return Err(EINVAL);
+                }
+            } else if phys_head != 0 || !self.on_granule(start) {
                 return Err(EINVAL);
             }
-        } else if phys_head != 0 || !self.on_granule(offset) {
-            return Err(EINVAL);
+            end = start + size;
+            if !self.ends_on_granule(end) {
+                return Err(EINVAL);
+            }
         }
-        if !self.ends_on_granule(offset + size) {
-            return Err(EINVAL);
-        }
-        let (first, last) = self.granules(offset, size);
+        let (first, last) = self.granules(offset, end - offset);
         if self.linked.next_bit(first).is_some_and(|bit| bit < last) {
             return Err(EBUSY);
         }
         // SAFETY: `self.dev` is bound, `self.state` was allocated for it (type invariant), the
-        // range is inside the space and on its granules, and it overlaps no link, as checked
-        // above; the caller keeps the memory valid while it is linked.
+        // ranges are inside the space, one after the other on its granules, and overlap no link,
+        // as checked above; the caller keeps the memory valid while it is linked. `Phyr` is a
+        // transparent `struct phys_vec`.
         to_result(unsafe {
-            bindings::dma_iova_link(
+            bindings::dma_iova_link_phys_vec(
                 self.dev.as_raw(),
                 &mut self.state,
-                range.paddr(),
+                ranges.as_ptr().cast(),
+                count,
                 offset,
-                size,
                 self.direction.into(),
                 self.attrs.as_raw(),
             )
         })?;
-        // INVARIANT: the granules of the new link are marked, and its first one as a start.
+        // INVARIANT: the granules of the new links are marked, and the first one of each as a
+        // start.
         (first..last).for_each(|bit| self.linked.set_bit(bit));
-        self.starts.set_bit(first);
+        let mut start = offset;
+        for range in ranges {
+            self.starts.set_bit(self.granules(start, range.size()).0);
+            start += range.size();
+        }
         Ok(())
     }
 

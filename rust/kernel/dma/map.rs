@@ -9,8 +9,10 @@
 //! path by itself:
 //!
 //! - [`DmaPath::Iova`]: when the device sits behind an IOMMU with a translating DMA domain and
-//!   the ranges meet on IOVA granules, one IOVA allocation for the total size, every range
-//!   linked at its offset, and one `dma_iova_sync()`: the result is one contiguous DMA range;
+//!   the ranges meet on IOVA granules, one IOVA allocation for the total size, the ranges linked
+//!   one after the other, up to 32 per `dma_iova_link_phys_vec()` call (one IO page table walk
+//!   each where the IOMMU driver uses the generic page table), and one `dma_iova_sync()`: the
+//!   result is one contiguous DMA range;
 //! - otherwise range by range with `dma_map_phys()`: [`DmaPath::Direct`], [`DmaPath::Bounce`]
 //!   (swiotlb) or [`DmaPath::Iommu`], DMA-contiguous results coalesced, and the per-range DMA
 //!   addresses kept only when `dma_need_unmap()` says unmapping needs them.
@@ -446,7 +448,7 @@ impl<'a> Mapped<'a> {
             if unsafe {
                 bindings::dma_iova_try_alloc(dev.as_raw(), &mut state, first.paddr(), size)
             } {
-                let linked = link_all(dev, memory, state, size, direction, attrs)?;
+                let linked = link_all(dev, memory, first, state, size, direction, attrs)?;
                 // INVARIANT: all of the memory is linked into `linked`, of `size` bytes.
                 return Ok(Self {
                     dev,
@@ -695,39 +697,60 @@ impl Drop for Mapped<'_> {
     }
 }
 
-/// Links every range of `memory` into `state`, a fresh allocation of `size` bytes for `dev`, and
-/// makes them usable by the device with one `dma_iova_sync()`. On error, undoes the links and
-/// frees the allocation.
+/// Ranges linked per call of `dma_iova_link_phys_vec()`, gathered on the stack (512 bytes).
+const LINK_BATCH: usize = 32;
+
+/// Links every range of `memory`, whose first range is `first`, into `state`, a fresh
+/// allocation of `size` bytes for `dev`, [`LINK_BATCH`] ranges per call (one IO page table walk
+/// each where the IOMMU driver uses the generic page table), and makes them usable by the device
+/// with one `dma_iova_sync()`. On error, undoes the links and frees the allocation.
 fn link_all<S: DmaMemory>(
     dev: &Device<Bound>,
     memory: &S,
+    first: Phyr,
     mut state: bindings::dma_iova_state,
     size: usize,
     direction: DataDirection,
     attrs: Attrs,
 ) -> Result<Linked> {
     let raw = dev.as_raw();
+    let mut ranges = memory.ranges();
+    // Every slot a call passes is filled from `ranges` first.
+    let mut batch = [first; LINK_BATCH];
     let mut offset = 0;
     let mut result = Ok(());
-    for range in memory.ranges() {
+    loop {
+        let (mut count, mut bytes) = (0, 0);
+        // `zip` takes a slot before a range: no range is lost when the batch is full.
+        for (slot, range) in batch.iter_mut().zip(&mut ranges) {
+            *slot = range;
+            count += 1;
+            bytes += range.size();
+        }
+        if count == 0 {
+            break;
+        }
         // SAFETY: `state` was allocated for the bound `dev`, of `size` bytes; the ranges meet on
-        // IOVA granules and are linked one after the other, inside the allocation; the memory
-        // stays valid while the mapping lives (`DmaMemory`).
+        // IOVA granules and are linked one after the other from `offset`, inside the allocation;
+        // the memory stays valid while the mapping lives (`DmaMemory`). `Phyr` is a transparent
+        // `struct phys_vec`, and `batch` holds `count` of them.
         result = to_result(unsafe {
-            bindings::dma_iova_link(
+            bindings::dma_iova_link_phys_vec(
                 raw,
                 &mut state,
-                range.paddr(),
+                batch.as_ptr().cast(),
+                // CAST: `count` is at most `LINK_BATCH`.
+                count as u32,
                 offset,
-                range.size(),
                 direction.into(),
                 attrs.as_raw(),
             )
         });
         if result.is_err() {
+            // Nothing of the failed batch stays linked.
             break;
         }
-        offset += range.size();
+        offset += bytes;
     }
     if result.is_ok() {
         // SAFETY: As above; `0..size` is linked.

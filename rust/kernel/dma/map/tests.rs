@@ -40,7 +40,10 @@ use crate::{
         Delta, //
     },
 };
-use core::ptr;
+use core::{
+    ptr,
+    slice, //
+};
 
 const EDU_VENDOR: u16 = 0x1234;
 const EDU_DEVICE: u16 = 0x11e8;
@@ -860,7 +863,7 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
     let link = |space: &mut IovaSpace<'_>, offset, range: Result<Phyr>| -> Result {
         let range = range?;
         // SAFETY: `memory` and `pair` outlive `space`, which is dropped first.
-        unsafe { space.link(offset, &range) }
+        unsafe { space.link(offset, slice::from_ref(&range)) }
     };
     let (one, two) = (PAGE_SIZE - 100, 2 * PAGE_SIZE - 100);
     check(
@@ -960,6 +963,59 @@ fn iova_rules(edu: &Edu<'_>, _outcome: &mut Outcome) -> Result {
     check(
         iova_to_phys(edu.dev, pair_addr) == 0,
         "drop unlinks the two-granule link",
+    )?;
+    link_list(edu, &memory)
+}
+
+/// Links a list of ranges in one call: every range is a link of its own.
+fn link_list(edu: &Edu<'_>, memory: &PageRanges) -> Result {
+    let page = |index: usize, offset: usize, size: usize| {
+        Phyr::new(
+            memory.pages[index].phys_addr() + u64::from_safe_cast(offset),
+            size,
+        )
+    };
+    let mut space = IovaSpace::try_alloc(
+        edu.dev,
+        0,
+        2 * PAGE_SIZE,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?
+    .ok_or(EINVAL)?;
+    let good = [page(0, 0, PAGE_SIZE)?, page(1, 0, PAGE_SIZE)?];
+    let bad = [page(0, 0, PAGE_SIZE)?, page(1, 8, 64)?];
+    // SAFETY: `memory` outlives `space`; the calls below either fail or link its pages.
+    unsafe {
+        check(space.link(0, &[]) == Err(EINVAL), "empty list")?;
+        check(
+            space.link(0, &bad) == Err(EINVAL),
+            "a range of the list breaking a rule",
+        )?;
+        check(
+            space.sync(0, PAGE_SIZE) == Err(ENOENT),
+            "nothing of a rejected list linked",
+        )?;
+        space.link(0, &good)?;
+    }
+    let all = space.sync(0, 2 * PAGE_SIZE)?;
+    for (index, range) in good.iter().enumerate() {
+        check(
+            iova_to_phys(edu.dev, all.dma_addr() + u64::from_safe_cast(index * PAGE_SIZE))
+                == range.paddr(),
+            "every range of the list translates",
+        )?;
+    }
+    // Each range is a link: the second can go alone.
+    space.unlink(PAGE_SIZE, PAGE_SIZE)?;
+    check(
+        iova_to_phys(edu.dev, all.dma_addr() + u64::from_safe_cast(PAGE_SIZE)) == 0,
+        "the unlinked range no longer translates",
+    )?;
+    check(
+        iova_to_phys(edu.dev, all.dma_addr()) == good[0].paddr(),
+        "the other range stays linked",
     )
 }
 
