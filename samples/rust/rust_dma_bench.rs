@@ -183,7 +183,11 @@ impl Memory {
 
 impl PhyrRanges for Memory {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
-        self.ranges.iter().copied()
+        self.ranges.ranges()
+    }
+
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        self.ranges.as_phys_vecs()
     }
 }
 

@@ -302,7 +302,8 @@ impl<'a> IovaSpace<'a> {
         (first..last).for_each(|bit| self.linked.set_bit(bit));
         let mut start = offset;
         for range in ranges {
-            self.starts.set_bit(self.granules(start, range.size()).0);
+            let (link_start, _) = self.granules(start, range.size());
+            self.starts.set_bit(link_start);
             start += range.size();
         }
         Ok(())

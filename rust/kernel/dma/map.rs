@@ -701,9 +701,10 @@ impl Drop for Mapped<'_> {
 const LINK_BATCH: usize = 32;
 
 /// Links every range of `memory`, whose first range is `first`, into `state`, a fresh
-/// allocation of `size` bytes for `dev`, [`LINK_BATCH`] ranges per call (one IO page table walk
-/// each where the IOMMU driver uses the generic page table), and makes them usable by the device
-/// with one `dma_iova_sync()`. On error, undoes the links and frees the allocation.
+/// allocation of `size` bytes for `dev`, all in one call if the memory keeps its ranges in one
+/// slice, [`LINK_BATCH`] decoded ranges per call otherwise (one IO page table walk per call where
+/// the IOMMU driver uses the generic page table), and makes them usable by the device with one
+/// `dma_iova_sync()`. On error, undoes the links and frees the allocation.
 fn link_all<S: DmaMemory>(
     dev: &Device<Bound>,
     memory: &S,
@@ -714,43 +715,53 @@ fn link_all<S: DmaMemory>(
     attrs: Attrs,
 ) -> Result<Linked> {
     let raw = dev.as_raw();
-    let mut ranges = memory.ranges();
-    // Every slot a call passes is filled from `ranges` first.
-    let mut batch = [first; LINK_BATCH];
-    let mut offset = 0;
-    let mut result = Ok(());
-    loop {
-        let (mut count, mut bytes) = (0, 0);
-        // `zip` takes a slot before a range: no range is lost when the batch is full.
-        for (slot, range) in batch.iter_mut().zip(&mut ranges) {
-            *slot = range;
-            count += 1;
-            bytes += range.size();
-        }
-        if count == 0 {
-            break;
-        }
+    let link = |state: &mut bindings::dma_iova_state, batch: &[Phyr], offset| {
+        let count = u32::try_from(batch.len())?;
         // SAFETY: `state` was allocated for the bound `dev`, of `size` bytes; the ranges meet on
         // IOVA granules and are linked one after the other from `offset`, inside the allocation;
         // the memory stays valid while the mapping lives (`DmaMemory`). `Phyr` is a transparent
-        // `struct phys_vec`, and `batch` holds `count` of them.
-        result = to_result(unsafe {
+        // `struct phys_vec`. On error, nothing of `batch` stays linked.
+        to_result(unsafe {
             bindings::dma_iova_link_phys_vec(
                 raw,
-                &mut state,
+                state,
                 batch.as_ptr().cast(),
-                // CAST: `count` is at most `LINK_BATCH`.
-                count as u32,
+                count,
                 offset,
                 direction.into(),
                 attrs.as_raw(),
             )
-        });
-        if result.is_err() {
-            // Nothing of the failed batch stays linked.
-            break;
+        })
+    };
+    let mut offset = 0;
+    let mut result = Ok(());
+    if let Some(all) = memory.as_phys_vecs() {
+        // Stored as a `struct phys_vec` array: one call.
+        result = link(&mut state, all, 0);
+        if result.is_ok() {
+            offset = size;
         }
-        offset += bytes;
+    } else {
+        let mut ranges = memory.ranges();
+        // Every slot a call passes is filled from `ranges` first.
+        let mut batch = [first; LINK_BATCH];
+        loop {
+            let (mut count, mut bytes) = (0, 0);
+            // `zip` takes a slot before a range: no range is lost when the batch is full.
+            for (slot, range) in batch.iter_mut().zip(&mut ranges) {
+                *slot = range;
+                count += 1;
+                bytes += range.size();
+            }
+            if count == 0 {
+                break;
+            }
+            result = link(&mut state, &batch[..count], offset);
+            if result.is_err() {
+                break;
+            }
+            offset += bytes;
+        }
     }
     if result.is_ok() {
         // SAFETY: As above; `0..size` is linked.

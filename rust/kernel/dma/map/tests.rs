@@ -219,14 +219,16 @@ fn expected_path() -> Option<DmaPath> {
     }
 }
 
-/// Memory of whole pages with ranges chosen by the test, possibly repeating a page.
+/// Memory of whole pages with ranges chosen by the test, possibly repeating a page, kept in a
+/// plain array: mapped with one call to link them all (kernel buffers, with their encoded
+/// lists, are linked in batches).
 ///
 /// # Invariants
 ///
 /// Every range of `ranges` is inside one of `pages`.
 struct PageRanges {
     pages: KVec<Page>,
-    ranges: PhyrList,
+    ranges: KVec<Phyr>,
 }
 
 impl PageRanges {
@@ -234,7 +236,7 @@ impl PageRanges {
     /// [`pattern`] as one buffer, and lists them one range per page.
     fn new(count: usize) -> Result<Self> {
         let mut pages = KVec::with_capacity(count, GFP_KERNEL)?;
-        let mut ranges = PhyrList::new();
+        let mut ranges = KVec::new();
         let mut bytes = KVec::from_elem(0u8, PAGE_SIZE, GFP_KERNEL)?;
         // Pages right after the previous one are set aside, so that every page is one range.
         let mut set_aside = KVec::new();
@@ -260,7 +262,7 @@ impl PageRanges {
 
     /// Replaces the ranges with `ranges`, given as (page index, offset, size).
     fn with_ranges(mut self, ranges: &[(usize, usize, usize)]) -> Result<Self> {
-        let mut list = PhyrList::new();
+        let mut list = KVec::new();
         for &(index, offset, size) in ranges {
             let page = self.pages.get(index).ok_or(EINVAL)?;
             check(offset + size <= PAGE_SIZE, "range inside its page")?;
@@ -301,6 +303,10 @@ impl PageRanges {
 impl PhyrRanges for PageRanges {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
         self.ranges.ranges()
+    }
+
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        self.ranges.as_phys_vecs()
     }
 }
 
@@ -724,7 +730,7 @@ fn dma_mask(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
 fn mask_limits(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
     let repeat = |count: usize| -> Result<PageRanges> {
         let memory = PageRanges::new(1)?;
-        let mut list = PhyrList::new();
+        let mut list = KVec::new();
         for _ in 0..count {
             list.push(
                 Phyr::new(memory.pages[0].phys_addr(), PAGE_SIZE)?,
@@ -1002,8 +1008,10 @@ fn link_list(edu: &Edu<'_>, memory: &PageRanges) -> Result {
     let all = space.sync(0, 2 * PAGE_SIZE)?;
     for (index, range) in good.iter().enumerate() {
         check(
-            iova_to_phys(edu.dev, all.dma_addr() + u64::from_safe_cast(index * PAGE_SIZE))
-                == range.paddr(),
+            iova_to_phys(
+                edu.dev,
+                all.dma_addr() + u64::from_safe_cast(index * PAGE_SIZE),
+            ) == range.paddr(),
             "every range of the list translates",
         )?;
     }

@@ -45,6 +45,12 @@ use core::iter::Peekable;
 pub trait PhyrRanges {
     /// Returns the ranges, in order.
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_;
+
+    /// Returns the ranges as one slice, if they are stored as one: an array of
+    /// `struct phys_vec` that C can take as it is, e.g. to link it in one call.
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        None
+    }
 }
 
 /// A sequence of physical ranges that ranges can be appended to.
@@ -60,11 +66,19 @@ impl<M: PhyrRanges + ?Sized> PhyrRanges for &M {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
         (**self).ranges()
     }
+
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        (**self).as_phys_vecs()
+    }
 }
 
 impl<M: PhyrRanges + ?Sized> PhyrRanges for &mut M {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
         (**self).ranges()
+    }
+
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        (**self).as_phys_vecs()
     }
 }
 
@@ -72,11 +86,19 @@ impl<M: PhyrRanges> PhyrRanges for Arc<M> {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
         (**self).ranges()
     }
+
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        (**self).as_phys_vecs()
+    }
 }
 
 impl PhyrRanges for KVec<Phyr> {
     fn ranges(&self) -> impl Iterator<Item = Phyr> + '_ {
         self.iter().copied()
+    }
+
+    fn as_phys_vecs(&self) -> Option<&[Phyr]> {
+        Some(self)
     }
 }
 
