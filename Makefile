@@ -25,4 +25,4 @@ selftest: prepare
 	@bash harness/selftests.sh $(CONFIG)
 
 bench:
-	@bash harness/bench.sh $(RUN_MS)
+	@bash harness/bench.sh $(or $(RUN_MS),200) $(CONFIG)

@@ -109,8 +109,8 @@ for row in rows:
                 int(row["median_ns"]) / int(base["median_ns"]))
 
 print("map+unmap of the same memory and physical ranges in every mode, ns per map+unmap:")
-print("median, min and max of %d interleaved rounds (VT-d strict, one boot); step times are"
-      % rounds)
+print("median, min and max of %d interleaved rounds (%s, one boot); step times are"
+      % (rounds, sys.argv[2]))
 print("medians of a separate pass with timestamps between the steps, less the cost of one")
 print("timestamp (median %s ns); syncs and allocations per map+unmap are counted in an"
       % (statistics.median(timestamps) if timestamps else "?"))
