@@ -534,7 +534,21 @@ fn scattered_pages(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
         outcome,
         PageRanges::new(512)?,
         &[0, 255 * PAGE_SIZE, 511 * PAGE_SIZE],
-    )
+    )?;
+    // Scattered pages in an encoded list: linked in several batches of decoded ranges.
+    let pages = Pages::new(PageRanges::new(100)?.pages, GFP_KERNEL)?;
+    check(
+        pages.ranges().count() == 100 && pages.as_phys_vecs().is_none(),
+        "100 ranges in an encoded list",
+    )?;
+    let mapping = DmaMapping::new(
+        edu.dev,
+        pages,
+        DataDirection::ToDevice,
+        Attrs::default(),
+        GFP_KERNEL,
+    )?;
+    check_mapping(edu.dev, &mapping, outcome)
 }
 
 fn huge_contiguous(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
