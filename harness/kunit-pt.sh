@@ -7,6 +7,7 @@
 # scattered pages range by range and in one walk.
 . "$(dirname "$0")/lib.sh"
 
+failed_before=$(count_failed)
 obj=$RFL_CACHE/obj-pt
 json=$OUT/kunit-pt.json
 console=$OUT/kunit-pt.console.log
@@ -28,3 +29,4 @@ fi
 cp "$obj/test.log" "$console" 2>/dev/null || true
 grep -a 'speedup' "$console" || true
 check_kernel_log kunit-pt/kernel_log "$console"
+[ "$(count_failed)" = "$failed_before" ]
