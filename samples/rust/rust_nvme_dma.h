@@ -30,7 +30,7 @@
 #define RUST_NVME_IO_CONTIGUOUS	0x4 /* through a kmalloc'ed kernel buffer */
 
 /* DMA paths, as in kernel::dma::map::DmaPath */
-#define RUST_NVME_PATH_IOVA	0 /* one IOVA range, linked page by page */
+#define RUST_NVME_PATH_IOVA	0 /* one IOVA range, ranges linked as lists */
 #define RUST_NVME_PATH_IOMMU	1 /* IOMMU mapping per range */
 #define RUST_NVME_PATH_DIRECT	2 /* physical addresses, no translation */
 #define RUST_NVME_PATH_BOUNCE	3 /* swiotlb bounce buffers */

@@ -19,7 +19,7 @@
 #define DEVICE "/dev/rust-nvme-dma0"
 
 static const char * const path_names[RUST_NVME_PATHS] = {
-	"iova (one IOVA range linked page by page)",
+	"iova (one IOVA range, the pages linked as lists)",
 	"iommu (IOMMU mapping per range)",
 	"direct (physical addresses)",
 	"bounce (swiotlb)",
