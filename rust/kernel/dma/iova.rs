@@ -134,7 +134,8 @@ impl<'a> IovaSpace<'a> {
     ///
     /// Returns `Ok(None)` when the device does not use the IOVA path (no IOMMU, an identity
     /// domain, or no IOVA range of that size under the DMA mask): map with the single-range API
-    /// instead. Errors: [`EINVAL`] for a zero size or [`DataDirection::None`], [`ENOMEM`].
+    /// instead. Errors: [`EINVAL`] for a zero size, [`DataDirection::None`] or an attribute that
+    /// is not a streaming one, [`ENOMEM`].
     pub fn try_alloc(
         dev: &'a Device<Bound>,
         paddr: PhysAddr,
@@ -183,14 +184,6 @@ impl<'a> IovaSpace<'a> {
     /// Returns the IOVA granule the rules of the space are stated in.
     pub fn granule(&self) -> usize {
         self.granule
-    }
-
-    /// Returns the DMA range of `size` bytes at `offset` in the space, inside it.
-    fn dma_range(&self, offset: usize, size: usize) -> Result<DmaRange> {
-        // CAST: an offset into the space fits in a DMA address.
-        let addr = self.state.addr + offset as DmaAddress;
-        // SAFETY: The caller checked the range is inside the IOVA range of the space.
-        unsafe { DmaRange::from_bus_address(addr, size) }
     }
 
     fn check_bounds(&self, offset: usize, size: usize) -> Result {
@@ -327,7 +320,10 @@ impl<'a> IovaSpace<'a> {
         to_result(unsafe {
             bindings::dma_iova_sync(self.dev.as_raw(), &mut self.state, offset, size)
         })?;
-        self.dma_range(offset, size)
+        // CAST: an offset into the space fits in a DMA address.
+        let addr = self.state.addr + offset as DmaAddress;
+        // SAFETY: The bytes are inside the IOVA range of the space, linked and synced for `dev`.
+        unsafe { DmaRange::from_bus_address(addr, size) }
     }
 
     /// Unlinks the links in `offset..offset + size`, which must be one or more whole links.

@@ -102,7 +102,7 @@ use core::{
     slice, //
 };
 
-/// Memory that a [`DmaMapping`] may own while the device accesses it.
+/// Memory that a [`DmaMapping`] may own, or borrow, while the device accesses it.
 ///
 /// # Safety
 ///
