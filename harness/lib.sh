@@ -10,7 +10,7 @@ PRISTINE=$RFL_CACHE/linux-pristine
 SRC=$RFL_CACHE/linux
 OBJ=$RFL_CACHE/obj
 TOOLS=$RFL_CACHE/tools
-OUT=$REPO/build
+OUT=${RFL_OUT:-$REPO/build}
 
 BASE_PACKAGE=linux-source-7.3
 BASE_VERSION=7.3.4-1~bpo13+1
