@@ -68,6 +68,18 @@ run_qemu_env() {
 KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config
 	tools/testing/selftests/rust_nvme_dma/config "$REPO/harness/bench.config")
 
+# DEBUG_KERNEL=1 switches a stage to the debug guest kernel: the same
+# fragments plus harness/debug.config (KASAN, lockdep, DMA-API debug, IOMMU
+# page-allocation checks, fault injection), its own object and output
+# directories, and the kernel argument that turns the IOMMU checks on.
+DEBUG_KERNEL_ARGS=
+if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
+	OBJ=$RFL_CACHE/obj-debug
+	OUT=$OUT/debug
+	KUNITCONFIGS+=("$REPO/harness/debug.config")
+	DEBUG_KERNEL_ARGS="iommu.debug_pagealloc=1"
+fi
+
 # kunit.py with the committed config fragments and the toolchain above.
 kunit_py() {
 	local cmd=$1 opts=() frag var
@@ -139,15 +151,17 @@ viommu_qemu_args() {
 
 viommu_kernel_args() {
 	case $1 in
-	vtd) echo "intel_iommu=on" ;;
-	*) echo "" ;;
+	vtd) echo "intel_iommu=on $DEBUG_KERNEL_ARGS" ;;
+	*) echo "$DEBUG_KERNEL_ARGS" ;;
 	esac
 }
 
-# Kernel log lines that fail a boot: warnings, crashes, IOMMU faults and
-# DMA-API debug reports.
+# Kernel log lines that fail a boot: warnings, crashes, IOMMU faults,
+# DMA-API debug reports (each error it finds starts "DMA-API: DRIVER DEVICE: ")
+# and DMA-API debug giving up.
 BAD_LOG='WARNING: |------------\[ cut here \]|BUG: |Oops|Kernel panic|KASAN|UBSAN|Call Trace:'
-BAD_LOG+='|DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|fault from EP|DMA-API: .*disabling'
+BAD_LOG+='|DMAR: \[DMA (Read|Write)|DMAR: DRHD: handling fault|fault from EP'
+BAD_LOG+='|DMA-API: [^ ]+ [^ ]+: |DMA-API: .*disabl'
 
 # Records test NAME: the guest console log FILE has none of BAD_LOG.
 check_kernel_log() {
