@@ -1,21 +1,45 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Rust NVMe sample: block I/O whose data buffers are mapped with [`DmaMapping`].
+//! Rust NVMe sample: a blk-mq block driver whose requests are mapped with [`DmaMapping`].
 //!
-//! Binds NVMe controllers by class code (QEMU's `-device nvme`), resets and enables them,
-//! identifies controller and namespace 1, creates one I/O queue pair and polls it: requests are
-//! serialized per controller, one command at a time, without interrupts. Each controller gets a
-//! misc device, `/dev/rust-nvme-dmaN`, whose ioctls (C header: `samples/rust/rust_nvme_dma.h`)
-//! read and write blocks to and from user buffers: pinned with [`UserPhyrs`] and mapped in place,
-//! or through a vmalloc'ed or physically contiguous kernel buffer. Every request is mapped once,
-//! whatever the DMA backend, then cut into commands of at most MDTS bytes, each described with
-//! PRPs (chained PRP lists where a command needs more than one list page) or SGL descriptors
-//! (chained segments).
+//! Binds NVMe controllers (QEMU's `-device nvme`), resets and enables them, identifies
+//! controller and namespace 1, and creates one I/O queue pair per CPU, up to what the controller
+//! grants, each with its own MSI-X vector; the admin queue has vector 0. Namespace 1 becomes the
+//! block device `rnvme<N>n1`.
 //!
-//! The sample and the C `nvme` driver both bind by class code: build only one, or bind the
-//! sample with `driver_override`. Documentation: `Documentation/core-api/dma-mapping-rust.rst`.
+//! Each read or write request is mapped in `queue_rq` in place, from its own bio_vecs
+//! ([`RequestMemory`]): no copy, no allocation on the IOVA path, `GFP_ATOMIC` elsewhere. The
+//! mapping's DMA ranges are described with PRPs or SGLs in list pages that each tag owns,
+//! allocated when the queue is created; the mapping lives in the request's driver data until the
+//! completion, in the queue's interrupt handler, ends the request. Flush and FUA are honoured,
+//! discard (Dataset Management) and write-zeroes where the controller has them.
+//!
+//! A request that times out gets an Abort command; if it times out again, the controller is
+//! reset (disabled, every command in flight failed, enabled again with its queues). A controller
+//! that does not come back is lost: bus mastering is cleared before the requests in flight are
+//! failed and unmapped, and every later request fails without mapping anything.
+//!
+//! Statistics: `/sys/kernel/debug/rust_nvme_dma/rnvme<N>/stats`. The sample and the C `nvme`
+//! driver both match NVMe controllers: choose with `driver_override`. Documentation:
+//! `Documentation/core-api/dma-mapping-rust.rst`.
 
 use kernel::{
+    block::mq::{
+        self,
+        gen_disk::{
+            GenDisk,
+            GenDiskBuilder, //
+        },
+        Command as BlockCommand,
+        Operations,
+        RequestMemory,
+        TagSet,
+        TimeoutAction, //
+    },
+    debugfs::{
+        Dir,
+        File, //
+    },
     device::{
         self,
         Bound,
@@ -26,13 +50,11 @@ use kernel::{
             opt_mapping_size,
             segment_limits,
             DmaMapping,
-            DmaMemory,
             DmaPath,
             KernelBuffer, //
         },
         phyr::{
-            source::KernelAllocator,
-            user::UserPhyrs,
+            DmaRange,
             SegmentLimits,
             Split, //
         },
@@ -42,33 +64,34 @@ use kernel::{
         Device as _,
         DmaMask, //
     },
-    fs::File,
+    fmt,
     io::{
         poll::read_poll_timeout,
         Io, //
     },
-    ioctl::{
-        _IOC_SIZE,
-        _IOR,
-        _IOWR, //
+    irq::{
+        self,
+        IrqReturn, //
     },
-    miscdevice::{
-        MiscDevice,
-        MiscDeviceOptions,
-        MiscDeviceRegistration, //
-    },
+    new_condvar,
     new_mutex,
+    new_spinlock,
     num::casts::FromSafeCast,
     pci::{
         self,
-        DevresBar, //
+        DevresBar,
+        IrqType,
+        IrqTypes,
+        IrqVectorRegistration, //
     },
     prelude::*,
+    str::CString,
     sync::{
         aref::ARef,
         atomic::{
             Atomic,
             Full,
+            Relaxed,
             Release, //
         },
         barrier::{
@@ -76,23 +99,22 @@ use kernel::{
             Read, //
         },
         Arc,
-        Mutex, //
+        ArcBorrow,
+        CondVar,
+        CondVarTimeoutResult,
+        Mutex,
+        SpinLock, //
     },
-    time::Delta,
-    transmute::{
-        AsBytes,
-        FromBytes, //
-    },
-    uaccess::{
-        UserPtr,
-        UserSlice, //
+    time::{
+        delay::fsleep,
+        msecs_to_jiffies,
+        Delta, //
     },
 };
 
 // Controller registers (NVMe base specification 2.0, 3.1.4).
 const REG_CAP_LO: usize = 0x00;
 const REG_CAP_HI: usize = 0x04;
-const REG_INTMS: usize = 0x0c;
 const REG_CC: usize = 0x14;
 const REG_CSTS: usize = 0x1c;
 const REG_AQA: usize = 0x24;
@@ -101,138 +123,72 @@ const REG_ASQ_HI: usize = 0x2c;
 const REG_ACQ_LO: usize = 0x30;
 const REG_ACQ_HI: usize = 0x34;
 const DOORBELLS: usize = 0x1000;
-/// The registers and the doorbells of the admin and the I/O queue at the smallest stride.
-const BAR_SIZE: usize = DOORBELLS + 16;
+/// The registers and the doorbells of the admin queue and up to [`MAX_IO_QUEUES`] I/O queues,
+/// at the smallest doorbell stride; the BAR must have the doorbells of the queues created.
+const BAR_SIZE: usize = DOORBELLS + 8 * (MAX_IO_QUEUES + 1);
 
 const CC_ENABLE: u32 = 1 << 0;
-/// 64-byte submission and 16-byte completion queue entries, 4 KiB pages, NVM command set.
+/// I/O submission and completion queue entry sizes, 64 and 16 bytes (log2: 6 and 4).
 const CC_CONFIG: u32 = (6 << 16) | (4 << 20);
 const CC_SHUTDOWN_NORMAL: u32 = 1 << 14;
 const CSTS_READY: u32 = 1 << 0;
 const CSTS_FATAL: u32 = 1 << 1;
 const CSTS_SHUTDOWN_MASK: u32 = 3 << 2;
 const CSTS_SHUTDOWN_DONE: u32 = 2 << 2;
+/// What a read of a register of a removed device returns.
+const GONE: u32 = u32::MAX;
 
 const ADMIN_DELETE_SQ: u8 = 0x00;
 const ADMIN_CREATE_SQ: u8 = 0x01;
 const ADMIN_DELETE_CQ: u8 = 0x04;
 const ADMIN_CREATE_CQ: u8 = 0x05;
 const ADMIN_IDENTIFY: u8 = 0x06;
+const ADMIN_ABORT: u8 = 0x08;
+const ADMIN_SET_FEATURES: u8 = 0x09;
+const FEATURE_NUMBER_OF_QUEUES: u32 = 0x07;
+const IO_FLUSH: u8 = 0x00;
 const IO_WRITE: u8 = 0x01;
 const IO_READ: u8 = 0x02;
+const IO_WRITE_ZEROES: u8 = 0x08;
+const IO_DATASET_MANAGEMENT: u8 = 0x09;
 const IDENTIFY_NAMESPACE: u32 = 0;
 const IDENTIFY_CONTROLLER: u32 = 1;
 const NAMESPACE: u32 = 1;
-/// Data pointer type (PSDT) of a command described by SGLs.
+/// Command dword 12: force unit access, and write-zeroes' deallocate bit.
+const RW_FUA: u32 = 1 << 30;
+const WRITE_ZEROES_DEALLOCATE: u32 = 1 << 25;
+/// Dataset Management dword 11: deallocate the ranges.
+const DSM_DEALLOCATE: u32 = 1 << 2;
+/// ONCS bits of Identify Controller: Dataset Management, Write Zeroes.
+const ONCS_DSM: u16 = 1 << 2;
+const ONCS_WRITE_ZEROES: u16 = 1 << 3;
+
+/// PSDT: the data pointer is an SGL.
 const PSDT_SGL: u32 = 1 << 14;
 const SGL_DATA_BLOCK: u8 = 0x00;
 const SGL_SEGMENT: u8 = 0x20;
 const SGL_LAST_SEGMENT: u8 = 0x30;
 const SGL_DESCRIPTOR_SIZE: usize = 16;
+/// Mean DMA range size from which a request is described with SGLs rather than PRPs, where the
+/// controller takes both (the C driver's default `sgl_threshold`).
+const SGL_THRESHOLD: usize = 32 * 1024;
 
-/// The controller's memory page size, which PRPs and the queues use.
+/// Controller page size: CC.MPS is 0, and only controllers whose minimum page is 4 KiB bind.
 const CTRL_PAGE: usize = 4096;
 const ADMIN_ENTRIES: u16 = 32;
-const IO_ENTRIES: u16 = 64;
-const IO_QUEUE: u16 = 1;
-/// Cap on the bytes of one command, whatever MDTS allows: at any offset, they touch at most 1024
-/// pages, the most that QEMU's controller maps for one command.
-const MAX_TRANSFER: usize = 1023 * CTRL_PAGE;
-/// Data blocks of one SGL command: two segments, the first chaining the second. QEMU's
-/// controller rejects some longer chains: it reads the type of the segment it is in from the
-/// descriptor that led to it after overwriting that with the segment's own descriptors.
-const MAX_SGL_BLOCKS: usize = 2 * (CTRL_PAGE / SGL_DESCRIPTOR_SIZE) - 1;
-/// Pages for the lists of the largest command: PRP lists, whose last entry chains the next list
-/// where more entries follow, for all its pages but the first; or the two SGL segments.
-const LIST_PAGES: usize = {
-    let prp_lists = (MAX_TRANSFER / CTRL_PAGE - 1).div_ceil(CTRL_PAGE / 8 - 1);
-    if prp_lists > 2 {
-        prp_lists
-    } else {
-        2
-    }
-};
-const MAX_REQUEST: usize = 16 << 20;
-const MAX_CONTIGUOUS: usize = 2 << 20;
-const COMMAND_TIMEOUT: Delta = Delta::from_secs(30);
-const POLL_INTERVAL: Delta = Delta::from_micros(20);
+const IO_ENTRIES: u16 = 128;
+const MAX_IO_QUEUES: usize = 16;
+/// The largest command: a PRP list of 1023 entries (with the first PRP, 4 MiB) fits in two list
+/// pages.
+const MAX_TRANSFER: usize = 1024 * CTRL_PAGE;
+/// List pages each tag owns: its PRP list or SGL segments.
+const LIST_PAGES: usize = 2;
+/// The most SGL data blocks two chained segment pages hold.
+const MAX_SGL_BLOCKS: usize = LIST_PAGES * (CTRL_PAGE / SGL_DESCRIPTOR_SIZE) - (LIST_PAGES - 1);
+const ADMIN_TIMEOUT: Delta = Delta::from_secs(10);
 
-const IO_SGL: u32 = 1 << 0;
-const IO_VMALLOC: u32 = 1 << 1;
-const IO_CONTIGUOUS: u32 = 1 << 2;
-
-/// `struct rust_nvme_info`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Info {
-    serial: [u8; 20],
-    model: [u8; 40],
-    firmware: [u8; 8],
-    pci_vendor: u16,
-    sgl: u16,
-    block_size: u32,
-    max_transfer: u32,
-    blocks: u64,
-    max_request: u32,
-    max_contiguous: u32,
-    queue_entries: u32,
-    max_sgl_blocks: u32,
-}
-
-/// `struct rust_nvme_io`.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct IoArgs {
-    addr: u64,
-    len: u64,
-    lba: u64,
-    flags: u32,
-    path: u32,
-    dma_ranges: u32,
-    commands: u32,
-    descriptors: u32,
-    list_pages: u32,
-}
-
-/// `struct rust_nvme_stats`.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct Stats {
-    commands: u64,
-    bytes_written: u64,
-    bytes_read: u64,
-    mappings: u64,
-    dma_ranges: u64,
-    paths: [u64; 4],
-    iova_syncs: u64,
-    prp_entries: u64,
-    prp_list_pages: u64,
-    sgl_descriptors: u64,
-    sgl_segments: u64,
-    failed_requests: u64,
-}
-
-// SAFETY: `Info`, `IoArgs` and `Stats` are `repr(C)` integers and byte arrays whose size is the
-// sum of their fields' sizes (checked below, the sizes of the C header's structs), so they have
-// no padding: any bytes are a valid value and all of their bytes are initialized.
-unsafe impl FromBytes for Info {}
-// SAFETY: See above.
-unsafe impl AsBytes for Info {}
-// SAFETY: See above.
-unsafe impl FromBytes for IoArgs {}
-// SAFETY: See above.
-unsafe impl AsBytes for IoArgs {}
-// SAFETY: See above.
-unsafe impl AsBytes for Stats {}
-
-kernel::static_assert!(core::mem::size_of::<Info>() == 104);
-kernel::static_assert!(core::mem::size_of::<IoArgs>() == 48);
-kernel::static_assert!(core::mem::size_of::<Stats>() == 120);
-
-const RUST_NVME_IOC_INFO: u32 = _IOR::<Info>('|' as u32, 0xa0);
-const RUST_NVME_IOC_READ: u32 = _IOWR::<IoArgs>('|' as u32, 0xa1);
-const RUST_NVME_IOC_WRITE: u32 = _IOWR::<IoArgs>('|' as u32, 0xa2);
-const RUST_NVME_IOC_STATS: u32 = _IOR::<Stats>('|' as u32, 0xa3);
+/// Completion status of a request failed by the driver rather than by the controller.
+const STATUS_CANCELLED: u32 = u32::MAX;
 
 /// A submission queue entry.
 struct Command([u32; 16]);
@@ -253,6 +209,16 @@ impl Command {
         command
     }
 
+    /// A command on `blocks` logical blocks from `lba`.
+    fn blocks(opcode: u8, lba: u64, blocks: u32) -> Self {
+        let mut command = Self::new(opcode, NAMESPACE);
+        // CAST: the halves of the 64-bit LBA.
+        command.0[10] = lba as u32;
+        command.0[11] = (lba >> 32) as u32;
+        command.0[12] = blocks - 1;
+        command
+    }
+
     fn set_sgl(&mut self, descriptor: [u64; 2]) {
         self.0[0] |= PSDT_SGL;
         self.set_pointer(descriptor[0], descriptor[1]);
@@ -268,603 +234,901 @@ impl Command {
     }
 }
 
-/// A submission and completion queue pair in coherent memory, polled for completions.
+/// A completion queue entry: command identifier, status (without the phase tag) and dword 0.
+#[derive(Clone, Copy)]
+struct Completion {
+    id: u16,
+    status: u32,
+    result: u32,
+}
+
+/// Where the next completion of a queue is expected.
+struct CompletionHead {
+    head: u16,
+    /// Phase tag of the completions expected at `head`.
+    phase: bool,
+}
+
+/// A submission and completion queue pair in coherent memory.
 ///
 /// # Invariants
 ///
 /// `entries` is at least 2; `submissions` holds `entries` entries of 16 dwords, `completions`
-/// `entries` entries of 4 dwords; `tail` and `head` are less than `entries`.
-struct Queue {
+/// `entries` entries of 4 dwords; the tail and the head are less than `entries`.
+#[pin_data]
+struct QueuePair {
     /// Queue identifier: 0 for the admin queue.
     id: u16,
     entries: u16,
     submissions: Coherent<[u32]>,
     completions: Coherent<[u32]>,
-    /// Next submission slot.
-    tail: u16,
-    /// Next completion slot.
-    head: u16,
-    /// Phase tag of the completions expected at `head`.
-    phase: bool,
-    /// Command identifier of the next command.
-    next_id: u16,
+    /// Offsets of the submission tail and completion head doorbells.
+    tail_doorbell: usize,
+    head_doorbell: usize,
+    #[pin]
+    tail: SpinLock<u16>,
+    #[pin]
+    head: SpinLock<CompletionHead>,
 }
 
-impl Queue {
-    fn new(dev: &device::Device<Bound>, id: u16, entries: u16) -> Result<Self> {
+impl QueuePair {
+    fn new(
+        dev: &device::Device<Bound>,
+        id: u16,
+        entries: u16,
+        stride: usize,
+    ) -> Result<impl PinInit<Self, Error>> {
         let entries_usize = usize::from(entries);
-        // INVARIANT: sizes as documented and `tail` and `head` at 0; callers pass `ADMIN_ENTRIES`
-        // or at least 2, checked against the controller's maximum.
-        Ok(Self {
+        let submissions = Coherent::zeroed_slice(dev, entries_usize * 16, GFP_KERNEL)?;
+        let completions = Coherent::zeroed_slice(dev, entries_usize * 4, GFP_KERNEL)?;
+        let doorbell = DOORBELLS + 2 * usize::from(id) * stride;
+        // INVARIANT: sizes as documented, tail and head at 0; callers pass at least 2 entries.
+        Ok(try_pin_init!(Self {
             id,
             entries,
-            submissions: Coherent::zeroed_slice(dev, entries_usize * 16, GFP_KERNEL)?,
-            completions: Coherent::zeroed_slice(dev, entries_usize * 4, GFP_KERNEL)?,
-            tail: 0,
+            submissions,
+            completions,
+            tail_doorbell: doorbell,
+            head_doorbell: doorbell + stride,
+            tail <- new_spinlock!(0),
+            head <- new_spinlock!(CompletionHead { head: 0, phase: true }),
+        }? Error))
+    }
+
+    /// Returns the entry after `entry`, wrapping around.
+    fn next(&self, entry: u16) -> u16 {
+        if entry + 1 >= self.entries {
+            0
+        } else {
+            entry + 1
+        }
+    }
+
+    /// Empties the queue for a controller that was disabled: no command is in flight.
+    fn clear(&self) {
+        let mut head = self.head.lock();
+        let mut tail = self.tail.lock();
+        // SAFETY: The controller is disabled and reads or writes no entry, and the locks keep
+        // the driver away; every bit pattern is a valid `u32`.
+        unsafe { self.completions.as_mut() }.fill(0);
+        *tail = 0;
+        *head = CompletionHead {
             head: 0,
             phase: true,
-            next_id: 0,
-        })
+        };
     }
 
-    /// Returns the offset of the queue's submission or completion doorbell.
-    fn doorbell(&self, stride: usize, completion: bool) -> usize {
-        DOORBELLS + (2 * usize::from(self.id) + usize::from(completion)) * stride
-    }
-
-    /// Submits `command`, waits for its completion and returns its status (zero on success).
+    /// Writes `command` with identifier `id` at the tail and rings the doorbell, if `admit`,
+    /// called under the submission lock, succeeds; what it returns is dropped before the doorbell.
     ///
-    /// On error ([`ETIMEDOUT`] after [`COMMAND_TIMEOUT`], [`EIO`] for a completion of another
-    /// command, or a doorbell outside the BAR) the command may still be in flight: the caller
-    /// must stop the controller before it frees memory that the command could access.
-    fn submit(
-        &mut self,
+    /// The caller makes sure that the queue has a free entry: no more commands in flight than
+    /// `entries - 1`.
+    fn submit<T>(
+        &self,
         bar: &pci::Bar<'_, BAR_SIZE>,
-        stride: usize,
-        command: Command,
-    ) -> Result<u32> {
-        let Command(mut dwords) = command;
-        let id = self.next_id;
-        // Identifier 0xffff is reserved.
-        self.next_id = (id + 1) % 0xffff;
-        dwords[0] |= u32::from(id) << 16;
+        mut command: Command,
+        id: u16,
+        admit: impl FnOnce() -> Result<T>,
+    ) -> Result {
+        command.0[0] |= u32::from(id) << 16;
+        let mut tail = self.tail.lock();
+        let admitted = admit()?;
         let entry = self.submissions.as_mut_ptr().cast::<u32>();
-        let slot = usize::from(self.tail) * 16;
-        for (i, dword) in dwords.iter().enumerate() {
+        let slot = usize::from(*tail) * 16;
+        for (i, dword) in command.0.iter().enumerate() {
             // SAFETY: `slot + i` is inside the queue (type invariants), and the controller does
             // not read the slot before the doorbell below announces it; volatile since it reads
             // it afterwards.
             unsafe { entry.add(slot + i).write_volatile(dword.to_le()) };
         }
-        let tail = (self.tail + 1) % self.entries;
-        // `writel()` orders the entry's writes before the doorbell.
-        bar.try_write32(u32::from(tail), self.doorbell(stride, false))?;
+        let next = self.next(*tail);
+        drop(admitted);
+        // `writel()` orders the entry's writes before the doorbell, whose offset probe checked
+        // to be inside the BAR.
+        let _ = bar.try_write32(u32::from(next), self.tail_doorbell);
         // INVARIANT: less than `entries`.
-        self.tail = tail;
+        *tail = next;
+        Ok(())
+    }
 
-        let status_dword = usize::from(self.head) * 4 + 3;
-        let read_status = || {
-            let completion = self.completions.as_ptr().cast::<u32>();
-            // SAFETY: `status_dword` is inside the queue (type invariants); the controller writes
+    /// Takes every new completion, passes it to `complete`, and rings the head doorbell. Returns
+    /// the number of completions.
+    fn reap(&self, bar: &pci::Bar<'_, BAR_SIZE>, mut complete: impl FnMut(Completion)) -> usize {
+        let mut position = self.head.lock();
+        let completions = self.completions.as_ptr().cast::<u32>();
+        let mut count = 0;
+        loop {
+            let entry = usize::from(position.head) * 4;
+            // SAFETY: `entry + 3` is inside the queue (type invariants); the controller writes
             // it, hence the volatile read.
-            Ok(u32::from_le(unsafe {
-                completion.add(status_dword).read_volatile()
-            }))
-        };
-        let phase = u32::from(self.phase) << 16;
-        let status = read_poll_timeout(
-            read_status,
-            |status| status & (1 << 16) == phase,
-            POLL_INTERVAL,
-            COMMAND_TIMEOUT,
-        )?;
-        // Read what the controller wrote for the command only after its completion.
-        dma_mb(Read);
-        // INVARIANT: less than `entries`.
-        self.head = (self.head + 1) % self.entries;
-        if self.head == 0 {
-            self.phase = !self.phase;
+            let dword3 = u32::from_le(unsafe { completions.add(entry + 3).read_volatile() });
+            if (dword3 & (1 << 16) != 0) != position.phase {
+                break;
+            }
+            // Read the rest of the entry only after its phase tag.
+            dma_mb(Read);
+            // SAFETY: As above.
+            let result = u32::from_le(unsafe { completions.add(entry).read_volatile() });
+            // INVARIANT: less than `entries`.
+            position.head = self.next(position.head);
+            if position.head == 0 {
+                position.phase = !position.phase;
+            }
+            count += 1;
+            complete(Completion {
+                // CAST: the low half of the dword is the command identifier.
+                id: dword3 as u16,
+                status: (dword3 >> 17) & 0x7fff,
+                result,
+            });
         }
-        bar.try_write32(u32::from(self.head), self.doorbell(stride, true))?;
-        // One command at a time: the completion is the submitted command's.
-        if status & 0xffff != u32::from(id) {
-            return Err(EIO);
+        if count > 0 {
+            // Nothing to do if the device is gone: its commands are failed by the driver.
+            let _ = bar.try_write32(u32::from(position.head), self.head_doorbell);
         }
-        Ok((status >> 17) & 0x7ff)
+        count
     }
 }
 
-/// How a command's data is described to the controller.
-#[derive(Clone, Copy)]
-enum Descriptors {
-    Prp,
-    /// SGLs; `dword_aligned` if data blocks must start and end on 4 bytes.
-    Sgl {
-        dword_aligned: bool,
-    },
+/// A controller's BAR, and the facts of its registers.
+struct Registers {
+    bar: DevresBar<BAR_SIZE>,
+    /// How long the controller may take to become ready or disabled (CAP.TO).
+    ready_timeout: Delta,
 }
 
-/// The descriptors of one command: PRP entries or SGL data blocks, and list pages.
-struct DescriptorCount {
-    entries: usize,
-    list_pages: usize,
+/// An I/O queue pair with the list pages of its tags.
+#[pin_data]
+struct IoQueue {
+    /// Index of the queue among the I/O queues and the hardware queues; its identifier is one
+    /// more.
+    index: u32,
+    #[pin]
+    pair: QueuePair,
+    /// [`LIST_PAGES`] controller pages per tag.
+    lists: Coherent<[u64]>,
 }
 
-/// Namespace and controller facts from Identify.
+impl IoQueue {
+    /// Returns the DMA address and the list pages of `tag`.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the request with tag `tag` and the controller does not read its pages:
+    /// the request's command was not submitted, or it completed or was cancelled with bus
+    /// mastering off or the controller disabled.
+    unsafe fn lists_of(&self, tag: u32) -> Result<(u64, &mut [u64])> {
+        let words = LIST_PAGES * CTRL_PAGE / 8;
+        let start = usize::from_safe_cast(tag) * words;
+        if start + words > self.lists.len() {
+            return Err(EINVAL);
+        }
+        // SAFETY: The range is inside the allocation; by the safety requirements only the caller
+        // uses it.
+        let lists = unsafe { &mut self.lists.as_mut()[start..start + words] };
+        Ok((self.lists.dma_address() + u64::from_safe_cast(start * 8), lists))
+    }
+}
+
+/// Controller and namespace facts from Identify.
 struct Identity {
-    info: Info,
     block_shift: u32,
-    /// How SGLs are described, if the controller takes them.
-    sgl: Option<Descriptors>,
+    blocks: u64,
+    max_transfer: usize,
+    /// Whether the controller takes SGLs, and needs their data blocks dword-aligned.
+    sgl: Option<bool>,
+    volatile_write_cache: bool,
+    discard: bool,
+    write_zeroes: bool,
 }
 
-/// What is left of a controller after a command was lost (a timeout).
-#[derive(Clone, Copy, PartialEq)]
+/// The state of a controller.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
 enum Health {
-    Working,
-    /// Disabled after a lost command: it reset, aborting the command.
-    Stopped,
-    /// Disabled after a lost command, but it did not report the reset: the memory of the command
-    /// stays allocated and mapped until bus mastering is cleared.
-    Hung,
+    Live = 0,
+    /// Being reset: requests are sent back to the block layer to be retried.
+    Resetting = 1,
+    /// Lost: bus mastering is off, every request fails.
+    Lost = 2,
 }
 
-/// An enabled controller with its admin and I/O queues.
+/// Counters of the statistics file.
+struct Stats {
+    requests: Atomic<u64>,
+    read_bytes: Atomic<u64>,
+    write_bytes: Atomic<u64>,
+    flushes: Atomic<u64>,
+    discards: Atomic<u64>,
+    write_zeroes: Atomic<u64>,
+    /// Mappings per DMA path: IOVA, per-range IOMMU, direct, bounce.
+    mappings: [Atomic<u64>; 4],
+    dma_ranges: Atomic<u64>,
+    iotlb_syncs: Atomic<u64>,
+    prp_entries: Atomic<u64>,
+    prp_list_pages: Atomic<u64>,
+    sgl_data_blocks: Atomic<u64>,
+    sgl_segments: Atomic<u64>,
+    failed_requests: Atomic<u64>,
+    timeouts: Atomic<u64>,
+    aborts: Atomic<u64>,
+    resets: Atomic<u64>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            requests: Atomic::new(0),
+            read_bytes: Atomic::new(0),
+            write_bytes: Atomic::new(0),
+            flushes: Atomic::new(0),
+            discards: Atomic::new(0),
+            write_zeroes: Atomic::new(0),
+            mappings: [const { Atomic::new(0) }; 4],
+            dma_ranges: Atomic::new(0),
+            iotlb_syncs: Atomic::new(0),
+            prp_entries: Atomic::new(0),
+            prp_list_pages: Atomic::new(0),
+            sgl_data_blocks: Atomic::new(0),
+            sgl_segments: Atomic::new(0),
+            failed_requests: Atomic::new(0),
+            timeouts: Atomic::new(0),
+            aborts: Atomic::new(0),
+            resets: Atomic::new(0),
+        }
+    }
+}
+
+impl Stats {
+    fn add(counter: &Atomic<u64>, value: u64) {
+        counter.fetch_add(value, Relaxed);
+    }
+}
+
+impl fmt::Debug for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let counters = [
+            ("requests", &self.requests),
+            ("read_bytes", &self.read_bytes),
+            ("write_bytes", &self.write_bytes),
+            ("flushes", &self.flushes),
+            ("discards", &self.discards),
+            ("write_zeroes", &self.write_zeroes),
+            ("mappings_iova", &self.mappings[0]),
+            ("mappings_iommu", &self.mappings[1]),
+            ("mappings_direct", &self.mappings[2]),
+            ("mappings_bounce", &self.mappings[3]),
+            ("dma_ranges", &self.dma_ranges),
+            ("iotlb_syncs", &self.iotlb_syncs),
+            ("prp_entries", &self.prp_entries),
+            ("prp_list_pages", &self.prp_list_pages),
+            ("sgl_data_blocks", &self.sgl_data_blocks),
+            ("sgl_segments", &self.sgl_segments),
+            ("failed_requests", &self.failed_requests),
+            ("timeouts", &self.timeouts),
+            ("aborts", &self.aborts),
+            ("resets", &self.resets),
+        ];
+        for (name, counter) in counters {
+            writeln!(f, "{name} {}", counter.load(Relaxed))?;
+        }
+        Ok(())
+    }
+}
+
+/// The statistics file's view of a controller.
+struct StatsFile(Arc<Controller>);
+
+impl fmt::Debug for StatsFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.stats.fmt(f)
+    }
+}
+
+/// A request's mapping, held from `queue_rq` to the completion.
 ///
-/// # Invariants
-///
-/// Exists only while the device is bound: [`NvmeDriver::unbind`] stops and drops it. No command
-/// is in flight unless `health` is [`Health::Hung`].
+/// The device borrow is `'static`: requests exist only while the disk does, and the disk is
+/// deleted at unbind before the device is unbound (see [`Controller::device`]).
+type RequestMapping = DmaMapping<'static, RequestMemory<NvmeQueues>>;
+
+/// The driver data of a request.
+#[pin_data]
+struct RequestState {
+    #[pin]
+    mapping: SpinLock<Option<RequestMapping>>,
+    /// Whether the command is with the controller: set at submission, cleared by whoever ends
+    /// the request first, its completion or its cancellation.
+    in_flight: Atomic<bool>,
+    /// NVMe status of the completion, or [`STATUS_CANCELLED`].
+    status: Atomic<u32>,
+    /// Whether the request timed out once and an Abort was sent.
+    aborted: Atomic<bool>,
+    /// Index of the I/O queue of the command.
+    queue: Atomic<u32>,
+}
+
+/// A bound controller, the queue data of its disk.
+#[pin_data]
 struct Controller {
     pdev: ARef<pci::Device>,
-    bar: DevresBar<BAR_SIZE>,
-    stride: usize,
-    timeout: Delta,
-    admin: Queue,
-    io: Queue,
-    /// Pages for PRP lists and SGL segments, enough for the largest command.
-    lists: Coherent<[u64]>,
-    health: Health,
+    admin: Arc<Admin>,
+    io: KVec<Arc<IoQueue>>,
+    tagset: Arc<TagSet<NvmeQueues>>,
+    identity: Identity,
+    health: Atomic<u32>,
+    /// Serializes resets.
+    #[pin]
+    reset: Mutex<()>,
+    stats: Stats,
 }
 
 impl Controller {
-    /// Resets and enables the controller with its admin queue.
-    fn enable(pdev: &pci::Device<Bound>, bar: DevresBar<BAR_SIZE>) -> Result<Self> {
-        let dev: &device::Device<Bound> = pdev.as_ref();
-        let regs = bar.access(dev)?;
-        let cap = u64::from(regs.read32(REG_CAP_LO)) | u64::from(regs.read32(REG_CAP_HI)) << 32;
-        let nvm_command_set = cap & (1 << 37) != 0;
-        let min_page_shift = 12 + ((cap >> 48) & 0xf);
-        if !nvm_command_set || min_page_shift != 12 {
-            dev_err!(pdev, "unsupported controller capabilities {cap:#x}\n");
-            return Err(ENODEV);
-        }
-        // CAST: masked to 8 bits, in 500 ms units.
-        let timeout = Delta::from_millis(500 * ((cap >> 24) & 0xff).max(1) as i64);
-        // CAST: masked to 4 bits.
-        let stride = 4 << ((cap >> 32) & 0xf) as usize;
-        // CAST: masked to 16 bits; the field is the number of entries minus one.
-        let max_entries = (cap & 0xffff) as u32 + 1;
-        if max_entries < 2 {
-            return Err(ENODEV);
-        }
-        let io_entries = u16::try_from(max_entries.min(u32::from(IO_ENTRIES)))?;
-
-        if regs.read32(REG_CC) & CC_ENABLE != 0 {
-            regs.write32(0, REG_CC);
-        }
-        wait_status(regs, CSTS_READY, 0, timeout)?;
-        // INVARIANT: bound (the caller holds `&Device<Bound>`), disabled, no command.
-        let controller = Self {
-            pdev: pdev.into(),
-            admin: Queue::new(dev, 0, ADMIN_ENTRIES)?,
-            io: Queue::new(dev, IO_QUEUE, io_entries)?,
-            lists: Coherent::zeroed_slice(dev, CTRL_PAGE / 8 * LIST_PAGES, GFP_KERNEL)?,
-            bar,
-            stride,
-            timeout,
-            health: Health::Working,
-        };
-        let regs = controller.bar.access(dev)?;
-        // The doorbells of both queues must be inside the BAR.
-        regs.try_read32(controller.io.doorbell(stride, true))
-            .map_err(|_| ENODEV)?;
-
-        // Polled: mask the pin-based interrupt; MSI and MSI-X stay disabled.
-        regs.write32(u32::MAX, REG_INTMS);
-        let size = u32::from(ADMIN_ENTRIES - 1);
-        regs.write32(size << 16 | size, REG_AQA);
-        for (addr, low, high) in [
-            (
-                controller.admin.submissions.dma_address(),
-                REG_ASQ_LO,
-                REG_ASQ_HI,
-            ),
-            (
-                controller.admin.completions.dma_address(),
-                REG_ACQ_LO,
-                REG_ACQ_HI,
-            ),
-        ] {
-            // CAST: the halves of a 64-bit address.
-            regs.write32(addr as u32, low);
-            regs.write32((addr >> 32) as u32, high);
-        }
-        regs.write32(CC_CONFIG | CC_ENABLE, REG_CC);
-        // On error, dropping `controller` disables it again.
-        wait_status(regs, CSTS_READY, CSTS_READY, timeout)?;
-        Ok(controller)
+    /// Returns the bound device.
+    fn device(&self) -> &'static device::Device<Bound> {
+        // SAFETY: A `Controller` is the queue data of the disk or is held by the driver data of
+        // the bound device; everything that uses it here (requests, interrupts, the admin
+        // commands of probe and unbind) ends before unbind returns: the disk is deleted, the
+        // interrupts freed and the queues dropped in `NvmeDriver::unbind` and when the driver
+        // data goes, which the driver core does before the device is unbound. The `'static` is
+        // the `RequestMapping`'s, under the same rule.
+        unsafe { &*core::ptr::from_ref(self.pdev.as_ref().as_bound()) }
     }
 
-    /// Submits `command` to the admin or the I/O queue and waits for its completion.
-    ///
-    /// Returns [`EIO`] if the controller failed the command or was stopped before. A command
-    /// that may still be in flight (timeout) disables the controller; the caller must not free
-    /// the command's memory if it is then [`Health::Hung`].
-    fn execute(&mut self, dev: &device::Device<Bound>, io: bool, command: Command) -> Result {
-        if self.health != Health::Working {
-            return Err(EIO);
+    fn bar(&self) -> Result<&pci::Bar<'_, BAR_SIZE>> {
+        self.admin.bar()
+    }
+
+    fn health(&self) -> Health {
+        match self.health.load(Relaxed) {
+            0 => Health::Live,
+            1 => Health::Resetting,
+            _ => Health::Lost,
         }
-        let bar = self.bar.access(dev)?;
-        let queue = if io { &mut self.io } else { &mut self.admin };
-        match queue.submit(bar, self.stride, command) {
-            Ok(0) => Ok(()),
-            Ok(status) => {
-                dev_err!(self.pdev, "command failed with status {status:#x}\n");
-                Err(EIO)
+    }
+
+    fn set_health(&self, health: Health) {
+        self.health.store(health as u32, Release);
+    }
+
+    fn queue(&self, index: u32) -> Result<&IoQueue> {
+        self.io
+            .get(usize::from_safe_cast(index))
+            .map(|queue| &**queue)
+            .ok_or(EINVAL)
+    }
+
+    /// Ends the requests whose completions are new on I/O queue `index`.
+    fn reap(&self, index: u32) -> usize {
+        let (Ok(queue), Ok(bar)) = (self.queue(index), self.bar()) else {
+            return 0;
+        };
+        queue.pair.reap(bar, |completion| {
+            let Some(rq) = self.tagset.tag_to_rq(index, u32::from(completion.id)) else {
+                dev_warn!(self.pdev, "completion of unknown command {}\n", completion.id);
+                return;
+            };
+            let state = rq.data();
+            if state.in_flight.xchg(false, Full) {
+                if completion.status != 0 {
+                    Stats::add(&self.stats.failed_requests, 1);
+                }
+                state.status.store(completion.status, Relaxed);
+                mq::Request::complete(rq);
             }
-            Err(e) => {
-                dev_err!(
-                    self.pdev,
-                    "command lost ({e:?}), disabling the controller\n"
-                );
-                bar.write32(0, REG_CC);
-                // INVARIANT: a controller that reports the reset has aborted the command.
-                self.health = match wait_status(bar, CSTS_READY, 0, self.timeout) {
-                    Ok(()) => Health::Stopped,
-                    Err(_) => Health::Hung,
-                };
-                Err(e)
-            }
-        }
-    }
-
-    /// Reads an Identify data structure with a command whose buffer is mapped like any other.
-    fn identify(&mut self, dev: &device::Device<Bound>, cns: u32, nsid: u32) -> Result<KVec<u8>> {
-        let buffer = KernelBuffer::new(KVec::from_elem(0u8, CTRL_PAGE, GFP_KERNEL)?, GFP_KERNEL)?;
-        let mapping = DmaMapping::new(
-            dev,
-            buffer,
-            DataDirection::FromDevice,
-            Attrs::default(),
-            GFP_KERNEL,
-        )?;
-        let mut command = Command::new(ADMIN_IDENTIFY, nsid);
-        command.0[10] = cns;
-        self.describe(dev, &mapping, 0, CTRL_PAGE, Descriptors::Prp, &mut command)?;
-        let result = self.execute(dev, false, command);
-        self.settle(result, mapping).map(KernelBuffer::into_inner)
-    }
-
-    /// Identifies controller and namespace 1 and creates the I/O queue pair.
-    fn setup(&mut self, dev: &device::Device<Bound>) -> Result<Identity> {
-        let controller = self.identify(dev, IDENTIFY_CONTROLLER, 0)?;
-        let namespace = self.identify(dev, IDENTIFY_NAMESPACE, NAMESPACE)?;
-        // Fixed-size views: every offset below is checked at compile time.
-        fn page(data: &[u8]) -> Result<&[u8; CTRL_PAGE]> {
-            data.try_into().map_err(|_| EIO)
-        }
-        let (controller, namespace) = (page(&controller)?, page(&namespace)?);
-        let le16 = |data: &[u8; CTRL_PAGE], at: usize| u16::from_le_bytes([data[at], data[at + 1]]);
-        let le32 = |data: &[u8; CTRL_PAGE], at: usize| {
-            u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
-        };
-        let le64 = |data: &[u8; CTRL_PAGE], at| {
-            u64::from(le32(data, at)) | u64::from(le32(data, at + 4)) << 32
-        };
-
-        // FLBAS: the format in use, bits 6:5 extending it past 16 formats, which are not
-        // supported; NLBAF: the number of formats minus one.
-        let (flbas, formats) = (namespace[26], namespace[25]);
-        let format = flbas & 0xf;
-        if flbas & 0x60 != 0 || format > formats {
-            dev_err!(self.pdev, "unsupported LBA format index {flbas:#x}\n");
-            return Err(ENODEV);
-        }
-        let lba_format = le32(namespace, 128 + 4 * usize::from(format));
-        let metadata = lba_format & 0xffff;
-        let block_shift = (lba_format >> 16) & 0xff;
-        let blocks = le64(namespace, 0);
-        if metadata != 0 || !(9..=12).contains(&block_shift) || blocks == 0 {
-            dev_err!(self.pdev, "unsupported namespace format {lba_format:#x}\n");
-            return Err(ENODEV);
-        }
-        let max_transfer = match controller[77] {
-            0 => MAX_TRANSFER,
-            // Beyond 10, still more than `MAX_TRANSFER`.
-            mdts => (CTRL_PAGE << mdts.min(10)).min(MAX_TRANSFER),
-        };
-        // Like nvme-pci: no command larger than what maps as cheaply as smaller mappings.
-        let max_transfer =
-            max_transfer.min(opt_mapping_size(dev).max(CTRL_PAGE) & !(CTRL_PAGE - 1));
-        // SGLS bits 1:0: 1 for SGLs, 2 for SGLs of 4-byte aligned and sized data blocks.
-        let sgl = match le32(controller, 536) & 3 {
-            1 => Some(Descriptors::Sgl {
-                dword_aligned: false,
-            }),
-            2 => Some(Descriptors::Sgl {
-                dword_aligned: true,
-            }),
-            _ => None,
-        };
-        let mut info = Info {
-            serial: [0; 20],
-            model: [0; 40],
-            firmware: [0; 8],
-            pci_vendor: le16(controller, 0),
-            sgl: u16::from(sgl.is_some()),
-            block_size: 1 << block_shift,
-            max_transfer: u32::try_from(max_transfer)?,
-            blocks,
-            max_request: u32::try_from(MAX_REQUEST)?,
-            max_contiguous: u32::try_from(MAX_CONTIGUOUS)?,
-            queue_entries: u32::from(self.io.entries),
-            max_sgl_blocks: u32::try_from(MAX_SGL_BLOCKS)?,
-        };
-        info.serial.copy_from_slice(&controller[4..24]);
-        info.model.copy_from_slice(&controller[24..64]);
-        info.firmware.copy_from_slice(&controller[64..72]);
-
-        let (io_id, size) = (u32::from(IO_QUEUE), u32::from(self.io.entries - 1));
-        let create_cq = Command::admin(
-            ADMIN_CREATE_CQ,
-            self.io.completions.dma_address(),
-            size << 16 | io_id,
-            1,
-        );
-        self.execute(dev, false, create_cq)?;
-        let create_sq = Command::admin(
-            ADMIN_CREATE_SQ,
-            self.io.submissions.dma_address(),
-            size << 16 | io_id,
-            io_id << 16 | 1,
-        );
-        self.execute(dev, false, create_sq)?;
-        Ok(Identity {
-            info,
-            block_shift,
-            sgl,
         })
     }
 
-    /// Fills the data pointer of `command` with the bytes `offset..offset + size` of `mapping`,
-    /// using the list pages for what does not fit in the command.
+    /// Fails every request whose command is with the controller: it no longer processes them
+    /// (disabled or bus mastering off).
+    fn cancel_all(&self) {
+        for index in 0..self.io.len() {
+            // CAST: at most `MAX_IO_QUEUES`.
+            let index = index as u32;
+            for tag in 0..u32::from(IO_ENTRIES - 1) {
+                let Some(rq) = self.tagset.tag_to_rq(index, tag) else {
+                    continue;
+                };
+                let state = rq.data();
+                if state.in_flight.xchg(false, Full) {
+                    Stats::add(&self.stats.failed_requests, 1);
+                    state.status.store(STATUS_CANCELLED, Relaxed);
+                    mq::Request::complete(rq);
+                }
+            }
+        }
+    }
+
+    /// Sends an Abort for the command of `rq`.
+    fn abort(&self, rq: &mq::Request<NvmeQueues>, queue: u32) -> Result {
+        // CAST: at most `MAX_IO_QUEUES`.
+        let sqid = queue + 1;
+        let result = self
+            .admin
+            .execute(Command::admin(ADMIN_ABORT, 0, sqid | rq.tag() << 16, 0))?;
+        Stats::add(&self.stats.aborts, 1);
+        // Bit 0 of dword 0 clear: the command was aborted.
+        if result & 1 == 0 {
+            Ok(())
+        } else {
+            Err(ENOENT)
+        }
+    }
+
+    /// Resets the controller: disables it, fails the requests in flight, enables it and creates
+    /// its I/O queues again. A controller that does not come back is lost.
+    fn reset_controller(&self) {
+        let _serialized = self.reset.lock();
+        if self.health() != Health::Live {
+            return;
+        }
+        Stats::add(&self.stats.resets, 1);
+        self.set_health(Health::Resetting);
+        dev_warn!(self.pdev, "resetting the controller\n");
+        // Commands submitted before the state changed are in their queues once each
+        // submission lock was free once.
+        for queue in &self.io {
+            drop(queue.pair.tail.lock());
+        }
+        let result = self.disable().and_then(|()| {
+            self.cancel_all();
+            self.enable()
+        });
+        match result {
+            Ok(()) => self.set_health(Health::Live),
+            Err(e) => {
+                dev_err!(self.pdev, "controller lost ({e:?})\n");
+                self.lose();
+            }
+        }
+    }
+
+    /// Declares the controller lost: stops its DMA, then fails what it had.
+    fn lose(&self) {
+        self.set_health(Health::Lost);
+        if let Ok(bar) = self.bar() {
+            bar.write32(0, REG_CC);
+        }
+        // The controller may still be processing commands: only with bus mastering off may
+        // their memory be unmapped and their list pages reused.
+        self.admin.clear_master();
+        self.cancel_all();
+    }
+
+
+    /// Disables the controller; with `CSTS.RDY` clear it processes no command.
+    fn disable(&self) -> Result {
+        let bar = self.bar()?;
+        bar.write32(0, REG_CC);
+        wait_status(bar, CSTS_READY, 0, self.admin.registers.ready_timeout)
+    }
+
+    /// Enables a disabled controller with empty queues, and creates the I/O queues.
+    fn enable(&self) -> Result {
+        let admin = &self.admin;
+        admin.queue.pair.clear();
+        start_controller(&admin.registers, admin.bar()?, &admin.queue.pair)?;
+        for queue in &self.io {
+            queue.pair.clear();
+            create_io_queue(admin, &queue.pair)?;
+        }
+        Ok(())
+    }
+
+    /// Describes the DMA ranges of `mapping` for `command` into `lists` (at `lists_addr`), with
+    /// PRPs or SGLs.
     ///
-    /// Returns [`EINVAL`] where the DMA ranges break the controller's rules: PRP entries must be
-    /// 4-byte aligned, and all but the first must start a page, all but the last end one; SGL
-    /// data blocks must be 4-byte aligned and sized if the controller says so.
-    fn describe<S: DmaMemory>(
-        &mut self,
-        dev: &device::Device<Bound>,
-        mapping: &DmaMapping<'_, S>,
-        offset: usize,
-        size: usize,
-        kind: Descriptors,
+    /// Returns [`EINVAL`] where the DMA ranges break the controller's rules (which the queue
+    /// limits rule out): PRP entries must be 4-byte aligned, all but the first start a page, all
+    /// but the last end one; SGL data blocks must be 4-byte aligned and sized if the controller
+    /// says so.
+    fn describe(
+        &self,
+        mapping: &RequestMapping,
         command: &mut Command,
-    ) -> Result<DescriptorCount> {
-        let ranges = mapping.dma_ranges_of(offset, size)?;
-        let lists_addr = self.lists.dma_address();
-        // SAFETY: No command is in flight, or the controller no longer reaches memory (type
-        // invariants); `&mut self` keeps others from submitting one while the pages are written.
-        let lists = unsafe { self.lists.as_mut() };
-        match kind {
-            Descriptors::Prp => {
+        lists_addr: u64,
+        lists: &mut [u64],
+    ) -> Result {
+        let ranges = mapping.dma_ranges();
+        let size = mapping.size();
+        let use_sgl = match self.identity.sgl {
+            Some(dword_aligned) => (size / ranges.len() >= SGL_THRESHOLD).then_some(dword_aligned),
+            None => None,
+        };
+        match use_sgl {
+            None => {
                 let page = u64::from_safe_cast(CTRL_PAGE);
                 let limits = SegmentLimits::new(CTRL_PAGE, page - 1, CTRL_PAGE)?;
-                let mut entries = KVec::new();
-                let mut split = Split::new(ranges, limits).peekable();
-                while let Some(entry) = split.next() {
-                    let (start, end) = (entry.dma_addr(), entry.end());
-                    let inner_start = !entries.is_empty() && start % page != 0;
-                    let inner_end = split.peek().is_some() && end % page != 0;
-                    if start % 4 != 0 || inner_start || inner_end {
-                        return Err(EINVAL);
-                    }
-                    entries.push([start], GFP_KERNEL)?;
-                }
-                let (prp2, list_pages) = match entries.as_slice() {
-                    [_] => (0, 0),
-                    [_, [second]] => (*second, 0),
-                    [_, rest @ ..] => (
-                        lists_addr,
-                        chain(lists, lists_addr, rest, |next, _| Ok([next]))?,
-                    ),
-                    [] => return Err(EINVAL),
+                let count = Split::new(ranges.iter().copied(), limits).count();
+                let mut entries = Split::new(ranges.iter().copied(), limits).enumerate();
+                let Some((_, first)) = entries.next() else {
+                    return Err(EINVAL);
                 };
-                command.set_pointer(entries[0][0], prp2);
-                Ok(DescriptorCount {
-                    entries: entries.len(),
-                    list_pages,
-                })
+                let check = |i: usize, entry: &DmaRange| {
+                    let (start, end) = (entry.dma_addr(), entry.end());
+                    let inner_start = i > 0 && start % page != 0;
+                    let inner_end = i + 1 < count && end % page != 0;
+                    if start % 4 != 0 || inner_start || inner_end {
+                        Err(EINVAL)
+                    } else {
+                        Ok([start])
+                    }
+                };
+                check(0, &first)?;
+                let (prp2, list_pages) = match count {
+                    1 => (0, 0),
+                    2 => {
+                        let (i, second) = entries.next().ok_or(EINVAL)?;
+                        (check(i, &second)?[0], 0)
+                    }
+                    _ => {
+                        let rest = entries.map(|(i, entry)| check(i, &entry));
+                        (lists_addr, chain(lists, lists_addr, count - 1, rest, |next, _| Ok([next]))?)
+                    }
+                };
+                command.set_pointer(first.dma_addr(), prp2);
+                Stats::add(&self.stats.prp_entries, u64::from_safe_cast(count));
+                Stats::add(&self.stats.prp_list_pages, u64::from_safe_cast(list_pages));
             }
-            Descriptors::Sgl { dword_aligned } => {
-                let mut blocks = KVec::new();
-                for range in Split::new(ranges, segment_limits(dev, CTRL_PAGE)?) {
+            Some(dword_aligned) => {
+                let limits = segment_limits(self.device(), CTRL_PAGE)?;
+                let count = Split::new(ranges.iter().copied(), limits).count();
+                let mut blocks = Split::new(ranges.iter().copied(), limits).map(|range| {
                     let addr = range.dma_addr();
                     if dword_aligned && (addr % 4 != 0 || range.size() % 4 != 0) {
                         return Err(EINVAL);
                     }
-                    blocks.push(
-                        sgl_descriptor(addr, range.size(), SGL_DATA_BLOCK)?,
-                        GFP_KERNEL,
-                    )?;
-                }
-                let (pointer, list_pages) = match blocks.as_slice() {
-                    [single] => (*single, 0),
-                    all => {
-                        let pages = chain(lists, lists_addr, all, segment_descriptor)?;
-                        (segment_descriptor(lists_addr, all.len())?, pages)
-                    }
+                    sgl_descriptor(addr, range.size(), SGL_DATA_BLOCK)
+                });
+                let list_pages = if count == 1 {
+                    command.set_sgl(blocks.next().ok_or(EINVAL)??);
+                    0
+                } else {
+                    let pages = chain(lists, lists_addr, count, blocks, segment_descriptor)?;
+                    command.set_sgl(segment_descriptor(lists_addr, count)?);
+                    pages
                 };
-                command.set_sgl(pointer);
-                Ok(DescriptorCount {
-                    entries: blocks.len(),
-                    list_pages,
-                })
+                Stats::add(&self.stats.sgl_data_blocks, u64::from_safe_cast(count));
+                Stats::add(&self.stats.sgl_segments, u64::from_safe_cast(list_pages));
             }
         }
+        Ok(())
     }
 
-    /// Maps `memory`, moves its bytes in commands of at most MDTS bytes, unmaps it and gives it
-    /// back.
-    fn transfer<S: DmaMemory + 'static>(
-        &mut self,
-        dev: &device::Device<Bound>,
-        memory: S,
-        request: &Request,
-        args: &mut IoArgs,
-        stats: &mut Stats,
-    ) -> Result<S> {
-        let direction = request.direction();
-        let mapping = DmaMapping::new(dev, memory, direction, Attrs::default(), GFP_KERNEL)?;
-        let ranges = mapping.dma_ranges().len();
+    /// Maps the data of `rq` and builds its read or write command.
+    fn map_request(
+        &self,
+        queue: &IoQueue,
+        rq: &ARef<mq::Request<NvmeQueues>>,
+        opcode: u8,
+    ) -> Result<(Command, RequestMapping)> {
+        let memory = RequestMemory::new(rq.clone())?;
+        let direction = memory.direction();
+        let mapping = DmaMapping::new(
+            self.device(),
+            memory,
+            direction,
+            Attrs::default(),
+            GFP_ATOMIC,
+        )?;
+        let (lba, blocks) = self.blocks_of(rq)?;
+        let mut command = Command::blocks(opcode, lba, blocks);
+        if rq.is_fua() {
+            command.0[12] |= RW_FUA;
+        }
+        // SAFETY: The driver owns `rq`, whose command is not submitted yet.
+        let (lists_addr, lists) = unsafe { queue.lists_of(rq.tag())? };
+        self.describe(&mapping, &mut command, lists_addr, lists)?;
+
+        let stats = &self.stats;
         let path = match mapping.path() {
             DmaPath::Iova => 0,
             DmaPath::Iommu => 1,
             DmaPath::Direct => 2,
             DmaPath::Bounce => 3,
         };
-        stats.mappings += 1;
-        stats.dma_ranges += u64::from_safe_cast(ranges);
-        stats.paths[path] += 1;
-        // `DmaMapping` syncs the IOTLB once per IOVA mapping, after linking all of it.
-        stats.iova_syncs += u64::from(mapping.path() == DmaPath::Iova);
-        args.path = u32::try_from(path)?;
-        args.dma_ranges = u32::try_from(ranges)?;
-        args.commands = 0;
-        args.descriptors = 0;
-        args.list_pages = 0;
-
-        let mut offset = 0;
-        let mut result = Ok(());
-        while offset < request.len {
-            match self.command(dev, &mapping, request, offset, args, stats) {
-                Ok(size) => offset += size,
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
-            }
-        }
-        self.settle(result, mapping)
-    }
-
-    /// Issues the command that moves the bytes of `mapping` from `offset` on, as many as one
-    /// command takes, and returns how many it moved.
-    fn command<S: DmaMemory>(
-        &mut self,
-        dev: &device::Device<Bound>,
-        mapping: &DmaMapping<'_, S>,
-        request: &Request,
-        offset: usize,
-        args: &mut IoArgs,
-        stats: &mut Stats,
-    ) -> Result<usize> {
-        let mut size = (request.len - offset).min(request.max_transfer);
-        if let Descriptors::Sgl { .. } = request.kind {
-            // End the command with the last data block that fits, on a logical block.
-            let ranges = mapping.dma_ranges_of(offset, size)?;
-            let blocks = Split::new(ranges, segment_limits(dev, CTRL_PAGE)?);
-            let fits: usize = blocks.take(MAX_SGL_BLOCKS).map(|range| range.size()).sum();
-            size = fits & !((1 << request.block_shift) - 1);
-            if size == 0 {
-                return Err(EINVAL);
-            }
-        }
-        let lba = request.lba + u64::from_safe_cast(offset >> request.block_shift);
-        let blocks = u32::try_from(size >> request.block_shift)?;
-        let opcode = if request.write { IO_WRITE } else { IO_READ };
-        let mut command = Command::new(opcode, NAMESPACE);
-        // CAST: the halves of the 64-bit LBA.
-        command.0[10] = lba as u32;
-        command.0[11] = (lba >> 32) as u32;
-        command.0[12] = blocks - 1;
-        let count = self.describe(dev, mapping, offset, size, request.kind, &mut command)?;
-        self.execute(dev, true, command)?;
-
-        let (entries, list_pages) = (
-            u32::try_from(count.entries)?,
-            u32::try_from(count.list_pages)?,
+        Stats::add(&stats.mappings[path], 1);
+        Stats::add(
+            &stats.dma_ranges,
+            u64::from_safe_cast(mapping.dma_ranges().len()),
         );
-        args.commands += 1;
-        args.descriptors += entries;
-        args.list_pages += list_pages;
-        stats.commands += 1;
-        let (descriptors, lists) = match request.kind {
-            Descriptors::Prp => (&mut stats.prp_entries, &mut stats.prp_list_pages),
-            Descriptors::Sgl { .. } => (&mut stats.sgl_descriptors, &mut stats.sgl_segments),
-        };
-        *descriptors += u64::from(entries);
-        *lists += u64::from(list_pages);
-        let bytes = if request.write {
-            &mut stats.bytes_written
-        } else {
-            &mut stats.bytes_read
-        };
-        *bytes += u64::from_safe_cast(size);
-        Ok(size)
+        // `DmaMapping` syncs the IOTLB once per IOVA mapping, after linking all of it.
+        Stats::add(&stats.iotlb_syncs, u64::from(path == 0));
+        Ok((command, mapping))
     }
 
-    /// Unmaps `mapping` after its commands ended with `result` and gives the memory back, unless
-    /// the controller hung: it may still access the memory, which then stays mapped and allocated
-    /// until unbind, after bus mastering is cleared.
-    fn settle<S: DmaMemory + 'static>(
-        &self,
-        result: Result,
-        mapping: DmaMapping<'_, S>,
-    ) -> Result<S> {
-        match result {
-            Ok(()) => Ok(mapping.into_memory()),
-            Err(e) => {
-                if self.health == Health::Hung {
-                    // The device-managed mapping is undone at unbind, not when the handle goes.
-                    core::mem::forget(mapping.into_devres()?);
+    /// Returns the first logical block and the number of blocks of `rq`.
+    fn blocks_of(&self, rq: &mq::Request<NvmeQueues>) -> Result<(u64, u32)> {
+        let shift = self.identity.block_shift;
+        let blocks = rq.bytes() >> shift;
+        if blocks == 0 || rq.bytes() & ((1 << shift) - 1) != 0 {
+            return Err(EINVAL);
+        }
+        Ok((rq.sector() >> (shift - 9), blocks))
+    }
+
+
+    /// Builds the command of `rq` and submits it; on error, nothing of it is left mapped.
+    fn queue_request(&self, queue: &IoQueue, rq: ARef<mq::Request<NvmeQueues>>) -> Result {
+        let stats = &self.stats;
+        let (command, mapping) = match rq.command() {
+            BlockCommand::Read => {
+                let (command, mapping) = self.map_request(queue, &rq, IO_READ)?;
+                Stats::add(&stats.read_bytes, u64::from(rq.bytes()));
+                (command, Some(mapping))
+            }
+            BlockCommand::Write => {
+                let (command, mapping) = self.map_request(queue, &rq, IO_WRITE)?;
+                Stats::add(&stats.write_bytes, u64::from(rq.bytes()));
+                (command, Some(mapping))
+            }
+            BlockCommand::Flush => {
+                Stats::add(&stats.flushes, 1);
+                (Command::new(IO_FLUSH, NAMESPACE), None)
+            }
+            BlockCommand::Discard if self.identity.discard => {
+                let (lba, blocks) = self.blocks_of(&rq)?;
+                // SAFETY: The driver owns `rq`, whose command is not submitted yet.
+                let (lists_addr, lists) = unsafe { queue.lists_of(rq.tag())? };
+                // One range (the queue takes one discard segment): context attributes, length in
+                // blocks, first block.
+                lists[0] = (u64::from(blocks) << 32).to_le();
+                lists[1] = lba.to_le();
+                let mut command = Command::admin(IO_DATASET_MANAGEMENT, lists_addr, 0, DSM_DEALLOCATE);
+                command.0[1] = NAMESPACE;
+                Stats::add(&stats.discards, 1);
+                (command, None)
+            }
+            BlockCommand::WriteZeroes if self.identity.write_zeroes => {
+                let (lba, blocks) = self.blocks_of(&rq)?;
+                let mut command = Command::blocks(IO_WRITE_ZEROES, lba, blocks);
+                if !rq.is_no_unmap() {
+                    command.0[12] |= WRITE_ZEROES_DEALLOCATE;
                 }
-                Err(e)
+                Stats::add(&stats.write_zeroes, 1);
+                (command, None)
             }
-        }
-    }
+            _ => return Err(EOPNOTSUPP),
+        };
+        Stats::add(&stats.requests, 1);
 
-    /// Deletes the I/O queues and shuts the controller down, for unbind.
-    fn shutdown(&mut self, dev: &device::Device<Bound>) {
-        let io_id = u32::from(IO_QUEUE);
-        // Best effort: the controller is disabled when dropped, whatever happens here.
-        let _ = self.execute(dev, false, Command::admin(ADMIN_DELETE_SQ, 0, io_id, 0));
-        let _ = self.execute(dev, false, Command::admin(ADMIN_DELETE_CQ, 0, io_id, 0));
-        if self.health != Health::Working {
-            return;
-        }
-        if let Ok(bar) = self.bar.access(dev) {
-            bar.write32(CC_CONFIG | CC_ENABLE | CC_SHUTDOWN_NORMAL, REG_CC);
-            if wait_status(bar, CSTS_SHUTDOWN_MASK, CSTS_SHUTDOWN_DONE, self.timeout).is_err() {
-                dev_warn!(self.pdev, "controller did not complete its shutdown\n");
+        let bar = self.bar()?;
+        let state = rq.data();
+        state.status.store(0, Relaxed);
+        state.aborted.store(false, Relaxed);
+        state.queue.store(queue.index, Relaxed);
+        *state.mapping.lock() = mapping;
+        // CAST: tags are less than `IO_ENTRIES`.
+        let tag = rq.tag() as u16;
+        queue.pair.submit(bar, command, tag, move || {
+            // Checked under the submission lock, which a reset takes after it leaves `Live`: a
+            // command is either submitted before the reset or not at all.
+            let state = rq.data();
+            let health = self.health();
+            if health != Health::Live {
+                // Not submitted: no completion will come.
+                drop(state.mapping.lock().take());
+                return Err(if health == Health::Lost { EIO } else { RETRY_LATER });
             }
-        }
+            state.in_flight.store(true, Relaxed);
+            // Dropped before the doorbell: the completion ends the request, so from then on the
+            // driver holds no reference to it but the mapping's.
+            Ok(rq)
+        })
     }
 }
 
-impl Drop for Controller {
-    fn drop(&mut self) {
-        // Disable the controller before its queues are freed. With no command in flight (type
-        // invariant), or bus mastering cleared where one hung, it writes no memory, so there is
-        // nothing to wait for.
-        if let Some(bar) = self.bar.try_access() {
+/// What `queue_rq` returns to have the block layer retry a request later (`BLK_STS_RESOURCE`):
+/// while the controller resets, and when a mapping finds no memory.
+const RETRY_LATER: Error = ENOMEM;
+
+/// The controller's registers and admin queue: what probe needs before the I/O queues exist.
+#[pin_data(PinnedDrop)]
+struct Admin {
+    pdev: ARef<pci::Device>,
+    registers: Registers,
+    #[pin]
+    queue: AdminQueue,
+}
+
+impl Admin {
+    fn device(&self) -> &device::Device<Bound> {
+        // SAFETY: As in `Controller::device()`: `Admin` lives in the driver data and the
+        // controller, both gone when unbind completes.
+        unsafe { self.pdev.as_ref().as_bound() }
+    }
+
+    /// Stops the controller's DMA at the PCI level.
+    fn clear_master(&self) {
+        if let Ok(pdev) = <&pci::Device<Bound>>::try_from(self.device()) {
+            pdev.clear_master();
+        }
+    }
+
+    fn bar(&self) -> Result<&pci::Bar<'_, BAR_SIZE>> {
+        self.registers.bar.access(self.device())
+    }
+
+    /// Runs an admin command and returns dword 0 of its completion.
+    ///
+    /// Returns [`ETIMEDOUT`] if it does not complete within [`ADMIN_TIMEOUT`], [`EIO`] if the
+    /// controller failed it.
+    fn execute(&self, command: Command) -> Result<u32> {
+        let queue = &self.queue;
+        let _serialized = queue.command.lock();
+        let bar = self.bar()?;
+        // CAST: identifiers are 16 bits and wrap around.
+        let id = queue.next_id.fetch_add(1, Relaxed) as u16;
+        *queue.done.lock() = None;
+        let opcode = command_opcode(&command);
+        queue.pair.submit(bar, command, id, || Ok(()))?;
+        let mut left = msecs_to_jiffies(u32::try_from(ADMIN_TIMEOUT.as_millis())?);
+        let mut done = queue.done.lock();
+        let completion = loop {
+            match done.take() {
+                Some(completion) if completion.id == id => break completion,
+                // A late completion of a command that timed out.
+                Some(_) => continue,
+                None => {}
+            }
+            match queue.completed.wait_interruptible_timeout(&mut done, left) {
+                CondVarTimeoutResult::Timeout => return Err(ETIMEDOUT),
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Signal { jiffies } => {
+                    // The command must complete before its memory goes: wait on.
+                    left = jiffies;
+                    drop(done);
+                    fsleep(Delta::from_millis(1));
+                    done = queue.done.lock();
+                }
+            }
+        };
+        if completion.status != 0 {
+            dev_err!(
+                self.pdev,
+                "admin command {opcode:#x} failed with status {:#x}\n",
+                completion.status
+            );
+            return Err(EIO);
+        }
+        Ok(completion.result)
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Admin {
+    fn drop(self: Pin<&mut Self>) {
+        // Last of the controller's parts to go: disable the controller before its admin queue is
+        // freed. No command is in flight (the disk is gone, or probe failed before it existed), or
+        // bus mastering is off.
+        if let Some(bar) = self.registers.bar.try_access() {
             bar.write32(0, REG_CC);
         }
     }
 }
 
-/// Waits until the status register's bits `mask` read `value`; [`EIO`] on a fatal status.
+fn command_opcode(command: &Command) -> u32 {
+    command.0[0] & 0xff
+}
+
+/// The admin queue, one command at a time, completed by the admin interrupt.
+#[pin_data]
+struct AdminQueue {
+    #[pin]
+    pair: QueuePair,
+    /// Identifier of the next command, in its low 16 bits.
+    next_id: Atomic<u32>,
+    /// Serializes the commands.
+    #[pin]
+    command: Mutex<()>,
+    /// The last completion, set by the interrupt handler.
+    #[pin]
+    done: SpinLock<Option<Completion>>,
+    #[pin]
+    completed: CondVar,
+}
+
+/// The interrupt handler of the admin queue.
+struct AdminInterrupt(Arc<Admin>);
+
+impl irq::Handler for AdminInterrupt {
+    fn handle(&self) -> IrqReturn {
+        let admin = &self.0;
+        let Ok(bar) = admin.bar() else {
+            return IrqReturn::None;
+        };
+        let queue = &admin.queue;
+        let count = queue.pair.reap(bar, |completion| {
+            *queue.done.lock() = Some(completion);
+            queue.completed.notify_all();
+        });
+        if count > 0 {
+            IrqReturn::Handled
+        } else {
+            IrqReturn::None
+        }
+    }
+}
+
+/// The interrupt handler of an I/O queue.
+struct IoInterrupt {
+    controller: Arc<Controller>,
+    index: u32,
+}
+
+impl irq::Handler for IoInterrupt {
+    fn handle(&self) -> IrqReturn {
+        if self.controller.reap(self.index) > 0 {
+            IrqReturn::Handled
+        } else {
+            IrqReturn::None
+        }
+    }
+}
+
+/// Resets and enables the controller with its admin queue.
+fn start_controller(registers: &Registers, bar: &pci::Bar<'_, BAR_SIZE>, admin: &QueuePair) -> Result {
+    if bar.read32(REG_CC) & CC_ENABLE != 0 {
+        bar.write32(0, REG_CC);
+    }
+    wait_status(bar, CSTS_READY, 0, registers.ready_timeout)?;
+    let size = u32::from(admin.entries - 1);
+    bar.write32(size << 16 | size, REG_AQA);
+    for (addr, low, high) in [
+        (admin.submissions.dma_address(), REG_ASQ_LO, REG_ASQ_HI),
+        (admin.completions.dma_address(), REG_ACQ_LO, REG_ACQ_HI),
+    ] {
+        // CAST: the halves of a 64-bit address.
+        bar.write32(addr as u32, low);
+        bar.write32((addr >> 32) as u32, high);
+    }
+    bar.write32(CC_CONFIG | CC_ENABLE, REG_CC);
+    wait_status(bar, CSTS_READY, CSTS_READY, registers.ready_timeout)
+}
+
+/// Creates the completion queue (interrupt vector = its identifier) and the submission queue of
+/// `pair` on the controller.
+fn create_io_queue(admin: &Admin, pair: &QueuePair) -> Result {
+    let (id, size) = (u32::from(pair.id), u32::from(pair.entries - 1));
+    // Physically contiguous, interrupts enabled on vector `id`.
+    let create_cq = Command::admin(
+        ADMIN_CREATE_CQ,
+        pair.completions.dma_address(),
+        size << 16 | id,
+        id << 16 | 1 << 1 | 1,
+    );
+    admin.execute(create_cq)?;
+    let create_sq = Command::admin(
+        ADMIN_CREATE_SQ,
+        pair.submissions.dma_address(),
+        size << 16 | id,
+        id << 16 | 1,
+    );
+    admin.execute(create_sq)?;
+    Ok(())
+}
+
+/// Waits until the status register's bits `mask` read `value`; [`EIO`] on a fatal status or a
+/// removed device.
 fn wait_status(bar: &pci::Bar<'_, BAR_SIZE>, mask: u32, value: u32, timeout: Delta) -> Result {
     let status = read_poll_timeout(
         || Ok(bar.read32(REG_CSTS)),
@@ -872,7 +1136,7 @@ fn wait_status(bar: &pci::Bar<'_, BAR_SIZE>, mask: u32, value: u32, timeout: Del
         Delta::from_millis(1),
         timeout,
     )?;
-    if status & mask != value {
+    if status == GONE || status & mask != value {
         return Err(EIO);
     }
     Ok(())
@@ -895,27 +1159,28 @@ fn segment_descriptor(addr: u64, remaining: usize) -> Result<[u64; 2]> {
     }
 }
 
-/// Writes `items`, PRP entries or SGL descriptors of `N` 64-bit words, into the list pages at
-/// `lists_addr`. Where a page is full and more than one item is left, its last slot takes
+/// Writes `count` items, PRP entries or SGL descriptors of `N` 64-bit words, into the list pages
+/// at `lists_addr`. Where a page is full and more than one item is left, its last slot takes
 /// `pointer(address of the next page, items left)`. Returns the number of pages used, or
 /// [`E2BIG`] if they do not fit.
 fn chain<const N: usize>(
     lists: &mut [u64],
     lists_addr: u64,
-    items: &[[u64; N]],
+    count: usize,
+    items: impl Iterator<Item = Result<[u64; N]>>,
     pointer: impl Fn(u64, usize) -> Result<[u64; N]>,
 ) -> Result<usize> {
     let per_page = CTRL_PAGE / (8 * N);
     let mut slots = lists.chunks_exact_mut(N);
     let mut used = 0;
-    for (i, item) in items.iter().enumerate() {
-        let left = items.len() - i;
+    for (i, item) in items.enumerate() {
+        let left = count - i;
         if used % per_page == per_page - 1 && left > 1 {
             let next = lists_addr + u64::from_safe_cast((used + 1) * 8 * N);
             put_le(slots.next(), pointer(next, left)?)?;
             used += 1;
         }
-        put_le(slots.next(), *item)?;
+        put_le(slots.next(), item?)?;
         used += 1;
     }
     Ok(used.div_ceil(per_page))
@@ -929,243 +1194,255 @@ fn put_le<const N: usize>(slot: Option<&mut [u64]>, words: [u64; N]) -> Result {
     Ok(())
 }
 
-/// A validated read or write request.
-struct Request {
-    write: bool,
-    lba: u64,
-    len: usize,
-    kind: Descriptors,
-    block_shift: u32,
-    /// Bytes per command.
-    max_transfer: usize,
-}
+/// The blk-mq operations of the disks.
+struct NvmeQueues;
 
-impl Request {
-    /// Returns the direction of the request's DMA.
-    fn direction(&self) -> DataDirection {
-        if self.write {
-            DataDirection::ToDevice
-        } else {
-            DataDirection::FromDevice
+#[vtable]
+impl Operations for NvmeQueues {
+    type QueueData = Arc<Controller>;
+    type HwData = Arc<IoQueue>;
+    type RequestData = RequestState;
+
+    fn new_request_data() -> impl PinInit<RequestState, Error> {
+        try_pin_init!(RequestState {
+            mapping <- new_spinlock!(None),
+            in_flight: Atomic::new(false),
+            status: Atomic::new(0),
+            aborted: Atomic::new(false),
+            queue: Atomic::new(0),
+        }? Error)
+    }
+
+    fn init_hctx(controller: ArcBorrow<'_, Controller>, hctx_idx: u32) -> Result<Arc<IoQueue>> {
+        controller
+            .io
+            .get(usize::from_safe_cast(hctx_idx))
+            .cloned()
+            .ok_or(EINVAL)
+    }
+
+    fn queue_rq(
+        queue: ArcBorrow<'_, IoQueue>,
+        controller: ArcBorrow<'_, Controller>,
+        rq: ARef<mq::Request<Self>>,
+        _is_last: bool,
+    ) -> Result {
+        controller.queue_request(&queue, rq).inspect_err(|&e| {
+            if e != RETRY_LATER {
+                Stats::add(&controller.stats.failed_requests, 1);
+            }
+        })
+    }
+
+    fn commit_rqs(_queue: ArcBorrow<'_, IoQueue>, _controller: ArcBorrow<'_, Controller>) {}
+
+    fn complete(rq: ARef<mq::Request<Self>>) {
+        let state = rq.data();
+        // Unmap first: the mapping holds a reference to the request.
+        drop(state.mapping.lock().take());
+        let result = match state.status.load(Relaxed) {
+            0 => Ok(()),
+            _ => Err(EIO),
+        };
+        if mq::Request::end(rq, result).is_err() {
+            pr_err!("request still referenced at its completion\n");
         }
+    }
+
+    fn timeout(controller: ArcBorrow<'_, Controller>, rq: &mq::Request<Self>) -> TimeoutAction {
+        let state = rq.data();
+        let index = state.queue.load(Relaxed);
+        Stats::add(&controller.stats.timeouts, 1);
+        match controller.health() {
+            Health::Resetting => return TimeoutAction::ResetTimer,
+            // Bus mastering is off: what the controller had was failed, or is failed now.
+            Health::Lost => {
+                controller.cancel_all();
+                return TimeoutAction::Done;
+            }
+            Health::Live => {}
+        }
+        // A completion whose interrupt did not come?
+        controller.reap(index);
+        if !state.in_flight.load(Relaxed) {
+            return TimeoutAction::Done;
+        }
+        let gone = controller
+            .bar()
+            .map_or(true, |bar| bar.read32(REG_CSTS) == GONE);
+        if gone {
+            dev_err!(controller.pdev, "controller removed\n");
+            controller.lose();
+            return TimeoutAction::Done;
+        }
+        if !state.aborted.xchg(true, Relaxed) {
+            dev_warn!(
+                controller.pdev,
+                "command {} of queue {} timed out, aborting it\n",
+                rq.tag(),
+                index + 1
+            );
+            if controller.abort(rq, index).is_ok() {
+                return TimeoutAction::ResetTimer;
+            }
+        }
+        controller.reset_controller();
+        TimeoutAction::Done
     }
 }
 
-/// What a controller shares with its open files; outlives the binding.
-#[pin_data]
-struct Shared {
-    pdev: ARef<pci::Device>,
-    identity: Identity,
-    /// Index of the misc device name.
-    name: NameSlot,
-    #[pin]
-    state: Mutex<State>,
-}
-
-struct State {
-    /// `None` once the device is unbound.
-    controller: Option<Controller>,
-    stats: Stats,
-}
-
-impl Shared {
-    /// Validates `args`, moves the data and fills in the outputs of `args`.
-    ///
-    /// User memory is pinned or copied before the controller is locked: a user fault may take
-    /// long, and unbind waits for the lock.
-    fn request(&self, write: bool, args: &mut IoArgs) -> Result {
-        let info = &self.identity.info;
-        let buffers = args.flags & (IO_VMALLOC | IO_CONTIGUOUS);
-        if args.flags & !(IO_SGL | IO_VMALLOC | IO_CONTIGUOUS) != 0
-            || buffers == IO_VMALLOC | IO_CONTIGUOUS
-            || args.len == 0
-            || args.len % u64::from(info.block_size) != 0
-        {
+/// Reads Identify Controller and Identify Namespace 1 into a buffer mapped like any other.
+fn identify(admin: &Admin) -> Result<Identity> {
+    let dev = admin.device();
+    let read = |cns: u32, nsid: u32| -> Result<KVec<u8>> {
+        let buffer = KernelBuffer::new(KVec::from_elem(0u8, CTRL_PAGE, GFP_KERNEL)?, GFP_KERNEL)?;
+        let mapping = DmaMapping::new(
+            dev,
+            buffer,
+            DataDirection::FromDevice,
+            Attrs::default(),
+            GFP_KERNEL,
+        )?;
+        let [range] = mapping.dma_ranges() else {
+            return Err(EINVAL);
+        };
+        let mut command = Command::admin(ADMIN_IDENTIFY, range.dma_addr(), cns, 0);
+        command.0[1] = nsid;
+        // A page-aligned page: one PRP.
+        if range.dma_addr() % u64::from_safe_cast(CTRL_PAGE) != 0 {
             return Err(EINVAL);
         }
-        let limit = if buffers == IO_CONTIGUOUS {
-            MAX_CONTIGUOUS
-        } else {
-            MAX_REQUEST
-        };
-        let len = usize::try_from(args.len)
-            .ok()
-            .filter(|&len| len <= limit)
-            .ok_or(E2BIG)?;
-        let blocks = args.len >> self.identity.block_shift;
-        if args
-            .lba
-            .checked_add(blocks)
-            .is_none_or(|end| end > info.blocks)
-        {
-            return Err(ERANGE);
-        }
-        let kind = match args.flags & IO_SGL {
-            0 => Descriptors::Prp,
-            _ => self.identity.sgl.ok_or(EOPNOTSUPP)?,
-        };
-        let request = Request {
-            write,
-            lba: args.lba,
-            len,
-            kind,
-            block_shift: self.identity.block_shift,
-            max_transfer: usize::from_safe_cast(info.max_transfer),
-        };
-        let user = UserPtr::from_addr(usize::try_from(args.addr).map_err(|_| EFAULT)?);
-        match buffers {
-            0 => {
-                // Zero-copy: the device moves the data to or from the pinned user pages.
-                let pinned = UserPhyrs::pin(user, len, request.direction(), GFP_KERNEL)?;
-                self.transfer(pinned, &request, args)?;
-                Ok(())
-            }
-            IO_VMALLOC => {
-                let buffer = VVec::with_capacity(len, GFP_KERNEL)?;
-                self.through_kernel_buffer(buffer, user, &request, args)
-            }
-            _ => {
-                // kmalloc: physically contiguous.
-                let buffer = KVec::with_capacity(len, GFP_KERNEL)?;
-                self.through_kernel_buffer(buffer, user, &request, args)
+        match admin.execute(command) {
+            Ok(_) => Ok(mapping.into_memory().into_inner()),
+            Err(e) => {
+                // A command that timed out may still write the page: disable the controller
+                // before the mapping goes.
+                if let Ok(bar) = admin.bar() {
+                    bar.write32(0, REG_CC);
+                    if wait_status(bar, CSTS_READY, 0, admin.registers.ready_timeout).is_err() {
+                        admin.clear_master();
+                    }
+                }
+                Err(e)
             }
         }
+    };
+    let controller = read(IDENTIFY_CONTROLLER, 0)?;
+    let namespace = read(IDENTIFY_NAMESPACE, NAMESPACE)?;
+    // Fixed-size views: every offset below is checked at compile time.
+    fn page(data: &[u8]) -> Result<&[u8; CTRL_PAGE]> {
+        data.try_into().map_err(|_| EIO)
     }
+    let (controller, namespace) = (page(&controller)?, page(&namespace)?);
+    let le16 = |data: &[u8; CTRL_PAGE], at: usize| u16::from_le_bytes([data[at], data[at + 1]]);
+    let le32 = |data: &[u8; CTRL_PAGE], at: usize| {
+        u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
+    };
+    let le64 =
+        |data: &[u8; CTRL_PAGE], at| u64::from(le32(data, at)) | u64::from(le32(data, at + 4)) << 32;
 
-    /// Moves the data through `buffer`, a kernel buffer, copying it from or to the user buffer
-    /// at `user`.
-    fn through_kernel_buffer<A: KernelAllocator + 'static>(
-        &self,
-        mut buffer: Vec<u8, A>,
-        user: UserPtr,
-        request: &Request,
-        args: &mut IoArgs,
-    ) -> Result {
-        let user = UserSlice::new(user, request.len);
-        if request.write {
-            user.read_all(&mut buffer, GFP_KERNEL)?;
-            self.transfer(KernelBuffer::new(buffer, GFP_KERNEL)?, request, args)?;
-        } else {
-            buffer.resize(request.len, 0, GFP_KERNEL)?;
-            let memory = KernelBuffer::new(buffer, GFP_KERNEL)?;
-            let buffer = self.transfer(memory, request, args)?.into_inner();
-            user.writer().write_slice(&buffer)?;
-        }
-        Ok(())
+    // FLBAS: the format in use, bits 6:5 extending it past 16 formats, which are not
+    // supported; NLBAF: the number of formats minus one.
+    let (flbas, formats) = (namespace[26], namespace[25]);
+    let format = flbas & 0xf;
+    if flbas & 0x60 != 0 || format > formats {
+        dev_err!(admin.pdev, "unsupported LBA format index {flbas:#x}\n");
+        return Err(ENODEV);
     }
-
-    /// Moves the data of `memory` with the controller, if it is still bound.
-    fn transfer<S: DmaMemory + 'static>(
-        &self,
-        memory: S,
-        request: &Request,
-        args: &mut IoArgs,
-    ) -> Result<S> {
-        let mut state = self.state.lock();
-        let State { controller, stats } = &mut *state;
-        let controller = controller.as_mut().ok_or(ENODEV)?;
-        let pdev = controller.pdev.clone();
-        // SAFETY: `controller` exists only while its device is bound (type invariant of
-        // `Controller`), and unbind takes it under the lock held here.
-        let dev = unsafe { pdev.as_ref().as_bound() };
-        controller.transfer(dev, memory, request, args, stats)
+    let lba_format = le32(namespace, 128 + 4 * usize::from(format));
+    let metadata = lba_format & 0xffff;
+    let block_shift = (lba_format >> 16) & 0xff;
+    let blocks = le64(namespace, 0);
+    if metadata != 0 || !(9..=12).contains(&block_shift) || blocks == 0 {
+        dev_err!(admin.pdev, "unsupported namespace format {lba_format:#x}\n");
+        return Err(ENODEV);
     }
+    let max_transfer = match controller[77] {
+        0 => MAX_TRANSFER,
+        // Beyond 10, still more than `MAX_TRANSFER`.
+        mdts => (CTRL_PAGE << mdts.min(10)).min(MAX_TRANSFER),
+    };
+    // Like nvme-pci: no command larger than what maps as cheaply as smaller mappings.
+    let max_transfer = max_transfer.min(opt_mapping_size(dev).max(CTRL_PAGE) & !(CTRL_PAGE - 1));
+    // SGLS bits 1:0: 1 for SGLs, 2 for SGLs of 4-byte aligned and sized data blocks.
+    let sgl = match le32(controller, 536) & 3 {
+        1 => Some(false),
+        2 => Some(true),
+        _ => None,
+    };
+    let oncs = le16(controller, 520);
+    Ok(Identity {
+        block_shift,
+        blocks,
+        max_transfer,
+        sgl,
+        volatile_write_cache: controller[525] & 1 != 0,
+        discard: oncs & ONCS_DSM != 0,
+        write_zeroes: oncs & ONCS_WRITE_ZEROES != 0,
+    })
 }
 
-/// The names of the misc devices, one per bound controller.
-const DEVICE_NAMES: [&CStr; 4] = [
-    c"rust-nvme-dma0",
-    c"rust-nvme-dma1",
-    c"rust-nvme-dma2",
-    c"rust-nvme-dma3",
-];
-static NAMES_IN_USE: [Atomic<bool>; DEVICE_NAMES.len()] =
-    [const { Atomic::new(false) }; DEVICE_NAMES.len()];
+/// The most controllers bound at once: each gets the first free index for its disk's name.
+const MAX_CONTROLLERS: usize = 8;
+static INDEXES_IN_USE: [Atomic<bool>; MAX_CONTROLLERS] =
+    [const { Atomic::new(false) }; MAX_CONTROLLERS];
 
-/// A misc device name taken for one controller, given back on drop.
-struct NameSlot(usize);
+/// A controller index taken for one controller, given back on drop.
+struct ControllerIndex(usize);
 
-impl NameSlot {
-    /// Takes the first free name; [`EBUSY`] if every name is taken.
+impl ControllerIndex {
+    /// Takes the first free index; [`EBUSY`] if every index is taken.
     fn take() -> Result<Self> {
-        NAMES_IN_USE
+        INDEXES_IN_USE
             .iter()
             .position(|in_use| !in_use.xchg(true, Full))
             .map(Self)
             .ok_or(EBUSY)
     }
-
-    fn name(&self) -> &'static CStr {
-        DEVICE_NAMES[self.0]
-    }
 }
 
-impl Drop for NameSlot {
+impl Drop for ControllerIndex {
     fn drop(&mut self) {
-        NAMES_IN_USE[self.0].store(false, Release);
+        INDEXES_IN_USE[self.0].store(false, Release);
     }
 }
 
-/// An open misc device file.
-struct NvmeFile {
-    shared: Arc<Shared>,
+kernel::sync::global_lock! {
+    // SAFETY: Initialized in the module initializer, before the driver is registered.
+    unsafe(uninit) static DEBUGFS_ROOT: Mutex<Option<Arc<Dir>>> = None;
 }
 
-#[vtable]
-impl MiscDevice for NvmeFile {
-    type Ptr = KBox<Self>;
-
-    fn open(_file: &File, misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
-        // SAFETY: Every registration of `NvmeFile` is the `misc` field of an `NvmeDriver`, which
-        // lives while the registration does, and misc devices are opened under the lock that
-        // their deregistration takes.
-        let driver =
-            unsafe { &*kernel::container_of!(core::ptr::from_ref(misc), NvmeDriver, misc) };
-        Ok(KBox::new(
-            NvmeFile {
-                shared: driver.shared.clone(),
-            },
-            GFP_KERNEL,
-        )?)
+/// Returns the debugfs directory of the module, `rust_nvme_dma`.
+fn debugfs_root() -> Result<Arc<Dir>> {
+    let mut root = DEBUGFS_ROOT.lock();
+    if let Some(dir) = &*root {
+        return Ok(dir.clone());
     }
-
-    fn ioctl(this: &NvmeFile, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let shared = &this.shared;
-        let (mut reader, mut writer) =
-            UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
-        match cmd {
-            RUST_NVME_IOC_INFO => {
-                if shared.state.lock().controller.is_none() {
-                    return Err(ENODEV);
-                }
-                writer.write(&shared.identity.info)?;
-            }
-            RUST_NVME_IOC_STATS => {
-                let stats = shared.state.lock().stats;
-                writer.write(&stats)?;
-            }
-            RUST_NVME_IOC_READ | RUST_NVME_IOC_WRITE => {
-                let mut args: IoArgs = reader.read()?;
-                let result = shared.request(cmd == RUST_NVME_IOC_WRITE, &mut args);
-                if result.is_err() {
-                    shared.state.lock().stats.failed_requests += 1;
-                }
-                result?;
-                writer.write(&args)?;
-            }
-            _ => return Err(ENOTTY),
-        }
-        Ok(0)
-    }
+    let dir = Arc::new(Dir::new(c"rust_nvme_dma"), GFP_KERNEL)?;
+    *root = Some(dir.clone());
+    Ok(dir)
 }
 
 /// The driver data of a bound controller.
 #[pin_data]
-struct NvmeDriver {
-    /// Declared first: deregistered before the rest goes.
+struct NvmeDevice<'bound> {
+    /// Deleted in unbind, before the rest goes.
     #[pin]
-    misc: MiscDeviceRegistration<NvmeFile>,
-    shared: Arc<Shared>,
+    disk: Mutex<Option<GenDisk<NvmeQueues>>>,
+    parts: DeviceParts<'bound>,
+}
+
+/// The rest of a controller's driver data, dropped in the order of the fields: the controller,
+/// the statistics, then the interrupt handlers before their vectors.
+struct DeviceParts<'bound> {
+    controller: Arc<Controller>,
+    _stats: Pin<KBox<File<StatsFile>>>,
+    _dir: Dir,
+    _root: Arc<Dir>,
+    _io_interrupts: KVec<Pin<KBox<irq::Registration<'bound, IoInterrupt>>>>,
+    _admin_interrupt: Pin<KBox<irq::Registration<'bound, AdminInterrupt>>>,
+    _vectors: KBox<IrqVectorRegistration<'bound>>,
+    _index: ControllerIndex,
 }
 
 /// PCI class code of NVMe controllers: mass storage, non-volatile memory, NVM Express.
@@ -1177,11 +1454,15 @@ kernel::pci_device_table!(
     [(pci::DeviceId::from_class(PCI_CLASS_NVME, 0xffffff), ())]
 );
 
+struct NvmeDriver;
+
 impl NvmeDriver {
-    /// Enables the controller, identifies it and sets up its I/O queues.
-    fn start(pdev: &pci::Device<Core<'_>>) -> Result<Arc<Shared>> {
-        let dev: &device::Device<Bound> = pdev.as_ref();
-        let name = NameSlot::take()?;
+    /// Enables the controller, identifies it, creates its I/O queues and its disk.
+    fn start<'bound>(
+        pdev: &'bound pci::Device<Core<'_>>,
+    ) -> Result<(GenDisk<NvmeQueues>, DeviceParts<'bound>)> {
+        let dev: &'bound device::Device<Bound> = pdev.as_ref();
+        let index = ControllerIndex::take()?;
         pdev.enable_device_mem()?;
         pdev.set_master();
         // SAFETY: Nothing maps or allocates for the device yet.
@@ -1195,71 +1476,281 @@ impl NvmeDriver {
         let bar = pdev
             .iomap_region_sized::<BAR_SIZE>(0, c"rust_nvme_dma")?
             .into_devres()?;
-        let mut controller = Controller::enable(pdev, bar)?;
-        let identity = controller.setup(dev).inspect_err(|_| {
-            if controller.health == Health::Hung {
-                pdev.clear_master();
-            }
-        })?;
-        let info = &identity.info;
-        let sgl = if info.sgl != 0 { "SGLs" } else { "no SGLs" };
+        let regs = bar.access(dev)?;
+        let cap = u64::from(regs.read32(REG_CAP_LO)) | u64::from(regs.read32(REG_CAP_HI)) << 32;
+        let nvm_command_set = cap & (1 << 37) != 0;
+        let min_page_shift = 12 + ((cap >> 48) & 0xf);
+        if !nvm_command_set || min_page_shift != 12 {
+            dev_err!(pdev, "unsupported controller capabilities {cap:#x}\n");
+            return Err(ENODEV);
+        }
+        // CAST: masked to 8 bits, in 500 ms units.
+        let ready_timeout = Delta::from_millis(500 * ((cap >> 24) & 0xff).max(1) as i64);
+        // CAST: masked to 4 bits.
+        let stride = 4 << ((cap >> 32) & 0xf) as usize;
+        // CAST: masked to 16 bits; the field is the number of entries minus one.
+        let max_entries = (cap & 0xffff) as u32 + 1;
+        let io_entries = u16::try_from(max_entries.min(u32::from(IO_ENTRIES)))?;
+        if io_entries < 2 {
+            return Err(ENODEV);
+        }
+
+        let admin = Arc::pin_init(
+            try_pin_init!(Admin {
+                pdev: pdev.into(),
+                registers: Registers { bar, ready_timeout },
+                queue <- try_pin_init!(AdminQueue {
+                    pair <- QueuePair::new(dev, 0, ADMIN_ENTRIES, stride)?,
+                    next_id: Atomic::new(0),
+                    command <- new_mutex!(()),
+                    done <- new_spinlock!(None),
+                    completed <- new_condvar!(),
+                }? Error),
+            }? Error),
+            GFP_KERNEL,
+        )?;
+        let wanted_queues = MAX_IO_QUEUES.min(usize::from_safe_cast(kernel::cpu::nr_cpu_ids()));
+        let msi = IrqTypes::default().with(IrqType::MsiX).with(IrqType::Msi);
+        // CAST: at most `MAX_IO_QUEUES + 1`.
+        let vectors = KBox::new(
+            pdev.alloc_irq_vectors(2, wanted_queues as u32 + 1, msi)?,
+            GFP_KERNEL,
+        )?;
+        // SAFETY: The registration is boxed and stays at its address until it is dropped, after
+        // the interrupt handlers that borrow it (the field order of `NvmeDevice`, and the
+        // reverse order of the variables below on error), within the binding.
+        let vectors_ref: &'bound IrqVectorRegistration<'bound> =
+            unsafe { &*core::ptr::from_ref(&*vectors) };
+
+        start_controller(&admin.registers, admin.bar()?, &admin.queue.pair)?;
+        // SAFETY: The registration is kept until it is dropped (driver data or error path).
+        let admin_interrupt = KBox::pin_init(
+            unsafe {
+                irq::Registration::new(
+                    vectors_ref.index(0)?.into(),
+                    irq::Flags::TRIGGER_NONE,
+                    c"rust_nvme_dma",
+                    Ok::<_, Error>(AdminInterrupt(admin.clone())),
+                )
+            },
+            GFP_KERNEL,
+        )?;
+        let identity = identify(&admin)?;
+
+        // CAST: at most `MAX_IO_QUEUES`.
+        let wanted = (vectors.len() - 1).min(wanted_queues) as u32;
+        let granted = admin.execute(Command::admin(
+            ADMIN_SET_FEATURES,
+            0,
+            FEATURE_NUMBER_OF_QUEUES,
+            (wanted - 1) << 16 | (wanted - 1),
+        ))?;
+        let count = wanted.min((granted & 0xffff) + 1).min((granted >> 16) + 1);
+        // The doorbells of every queue must be inside the BAR.
+        admin
+            .bar()?
+            .try_read32(DOORBELLS + (2 * usize::from_safe_cast(count) + 1) * stride)
+            .map_err(|_| ENODEV)?;
+        let mut io = KVec::with_capacity(usize::from_safe_cast(count), GFP_KERNEL)?;
+        let list_words = usize::from(io_entries - 1) * LIST_PAGES * CTRL_PAGE / 8;
+        for index in 0..count {
+            // CAST: at most `MAX_IO_QUEUES`.
+            let id = index as u16 + 1;
+            let queue = Arc::pin_init(
+                try_pin_init!(IoQueue {
+                    index,
+                    pair <- QueuePair::new(dev, id, io_entries, stride)?,
+                    lists: Coherent::zeroed_slice(dev, list_words, GFP_KERNEL)?,
+                }? Error),
+                GFP_KERNEL,
+            )?;
+            create_io_queue(&admin, &queue.pair)?;
+            io.push(queue, GFP_KERNEL)?;
+        }
+        let tagset = Arc::pin_init(TagSet::new(count, u32::from(io_entries - 1), 1), GFP_KERNEL)?;
+        let (controller_admin, controller_tagset) = (admin.clone(), tagset.clone());
+        let controller = Arc::pin_init(
+            try_pin_init!(Controller {
+                pdev: pdev.into(),
+                admin: controller_admin,
+                io,
+                tagset: controller_tagset,
+                identity,
+                health: Atomic::new(Health::Live as u32),
+                reset <- new_mutex!(()),
+                stats: Stats::default(),
+            }? Error),
+            GFP_KERNEL,
+        )?;
+        let mut io_interrupts = KVec::with_capacity(usize::from_safe_cast(count), GFP_KERNEL)?;
+        for index in 0..count {
+            let vector = vectors_ref.index(usize::from_safe_cast(index) + 1)?;
+            // SAFETY: The registration is kept until it is dropped (driver data or error path).
+            let registration = KBox::pin_init(
+                unsafe {
+                    irq::Registration::new(
+                        vector.into(),
+                        irq::Flags::TRIGGER_NONE,
+                        c"rust_nvme_dma",
+                        Ok::<_, Error>(IoInterrupt {
+                            controller: controller.clone(),
+                            index,
+                        }),
+                    )
+                },
+                GFP_KERNEL,
+            )?;
+            io_interrupts.push(registration, GFP_KERNEL)?;
+        }
+
+        let name = CString::try_from_fmt(fmt!("rnvme{}", index.0))?;
+        let root = debugfs_root()?;
+        let dir = root.subdir(&name);
+        let stats = KBox::pin_init(
+            dir.read_only_file(c"stats", StatsFile(controller.clone())),
+            GFP_KERNEL,
+        )?;
+
+        let identity = &controller.identity;
+        let shift = identity.block_shift;
+        let block_size = 1 << shift;
+        let max_transfer = u32::try_from(identity.max_transfer)?;
+        // Discard and write-zeroes lengths are 32 and 16 bits of blocks.
+        let max_discard = u32::try_from((u64::from(u32::MAX) << shift) >> 9).unwrap_or(u32::MAX);
+        let max_write_zeroes = u32::try_from((1u64 << (16 + shift)) >> 9)?;
+        let mut builder = GenDiskBuilder::new()
+            .capacity_sectors(identity.blocks << (shift - 9))
+            .logical_block_size(block_size)?
+            .physical_block_size(block_size)?
+            .write_cache(identity.volatile_write_cache, true)
+            .max_hw_sectors(max_transfer >> 9)
+            .max_segments(u16::try_from(MAX_SGL_BLOCKS.min(identity.max_transfer / CTRL_PAGE + 1))?)
+            // PRPs: every segment but the first starts a controller page, every one but the
+            // last ends one.
+            .virt_boundary_mask(CTRL_PAGE - 1)?
+            .dma_alignment(3)?;
+        if identity.discard {
+            builder = builder.max_discard(max_discard, 1);
+        }
+        if identity.write_zeroes {
+            builder = builder.max_write_zeroes_sectors(max_write_zeroes);
+        }
+        let disk = builder.build_with_parent(
+            fmt!("rnvme{}n1", index.0),
+            tagset,
+            controller.clone(),
+            Some(dev),
+        )?;
         dev_info!(
             pdev,
-            "{} blocks of {} bytes, {} bytes per command, {sgl}, misc device {}\n",
-            info.blocks,
-            info.block_size,
-            info.max_transfer,
-            name.name()
+            "rnvme{}n1: {} blocks of {block_size} bytes, {count} I/O queues of {} entries, {} bytes per command, SGLs {}\n",
+            index.0,
+            identity.blocks,
+            io_entries,
+            max_transfer,
+            if identity.sgl.is_some() { "yes" } else { "no" }
         );
-        Arc::pin_init(
-            pin_init!(Shared {
-                pdev: pdev.into(),
-                identity,
-                name,
-                state <- new_mutex!(State {
-                    controller: Some(controller),
-                    stats: Stats::default(),
-                }),
-            }),
-            GFP_KERNEL,
-        )
+        Ok((
+            disk,
+            DeviceParts {
+                controller,
+                _stats: stats,
+                _dir: dir,
+                _root: root,
+                _io_interrupts: io_interrupts,
+                _admin_interrupt: admin_interrupt,
+                _vectors: vectors,
+                _index: index,
+            },
+        ))
     }
 }
 
 impl pci::Driver for NvmeDriver {
     type IdInfo = ();
-    type Data<'bound> = NvmeDriver;
+    type Data<'bound> = NvmeDevice<'bound>;
     const ID_TABLE: pci::IdTable<Self::IdInfo> = &PCI_TABLE;
 
     fn probe<'bound>(
         pdev: &'bound pci::Device<Core<'_>>,
         _info: Option<&'bound Self::IdInfo>,
     ) -> impl PinInit<Self::Data<'bound>, Error> + 'bound {
-        let shared = Self::start(pdev);
-        try_pin_init!(NvmeDriver {
-            shared: shared?,
-            misc <- MiscDeviceRegistration::register(MiscDeviceOptions {
-                name: shared.name.name(),
-            }),
+        let (disk, parts) = match Self::start(pdev) {
+            Ok((disk, parts)) => (Some(disk), Ok(parts)),
+            Err(e) => (None, Err(e)),
+        };
+        try_pin_init!(NvmeDevice {
+            parts: parts?,
+            disk <- new_mutex!(disk),
         })
     }
 
-    fn unbind<'bound>(pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
-        // Waits for the request in progress, if any; later ones find no controller.
-        let controller = this.shared.state.lock().controller.take();
-        if let Some(mut controller) = controller {
-            controller.shutdown(pdev.as_ref());
-            if controller.health == Health::Hung {
-                pdev.clear_master();
+    fn unbind<'bound>(_pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
+        let controller = &this.parts.controller;
+        if controller
+            .bar()
+            .map_or(true, |bar| bar.read32(REG_CSTS) == GONE)
+        {
+            // Surprise removal: fail what the controller had, instead of waiting for timeouts.
+            controller.lose();
+        }
+        // New requests fail; those in flight complete, or time out and fail.
+        let disk = this.disk.lock().take();
+        drop(disk);
+        if controller.health() != Health::Live {
+            return;
+        }
+        let admin = &controller.admin;
+        for queue in controller.io.iter().rev() {
+            let id = u32::from(queue.pair.id);
+            // Best effort: the controller is disabled when dropped, whatever happens here.
+            let _ = admin.execute(Command::admin(ADMIN_DELETE_SQ, 0, id, 0));
+            let _ = admin.execute(Command::admin(ADMIN_DELETE_CQ, 0, id, 0));
+        }
+        if let Ok(bar) = admin.bar() {
+            bar.write32(CC_CONFIG | CC_ENABLE | CC_SHUTDOWN_NORMAL, REG_CC);
+            let done = wait_status(
+                bar,
+                CSTS_SHUTDOWN_MASK,
+                CSTS_SHUTDOWN_DONE,
+                admin.registers.ready_timeout,
+            );
+            if done.is_err() {
+                dev_warn!(controller.pdev, "controller did not complete its shutdown\n");
             }
         }
     }
 }
 
-kernel::module_pci_driver! {
-    type: NvmeDriver,
+/// The module: the PCI driver, and the debugfs directory its devices share.
+#[pin_data(PinnedDrop)]
+struct NvmeModule {
+    #[pin]
+    _driver: kernel::driver::Registration<pci::Adapter<NvmeDriver>>,
+}
+
+impl kernel::InPlaceModule for NvmeModule {
+    fn init(module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        // SAFETY: Called once, before the driver is registered.
+        unsafe { DEBUGFS_ROOT.init() };
+        try_pin_init!(Self {
+            _driver <- kernel::driver::Registration::new(c"rust_nvme_dma", module),
+        })
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for NvmeModule {
+    fn drop(self: Pin<&mut Self>) {
+        // Bound devices hold the directory until they are unbound, when the driver goes.
+        drop(DEBUGFS_ROOT.lock().take());
+    }
+}
+
+module! {
+    type: NvmeModule,
     name: "rust_nvme_dma",
     authors: ["Rust DMA Team"],
-    description: "Rust NVMe sample mapping its I/O with the Rust DMA API",
+    description: "Rust NVMe block driver sample mapping its requests with the Rust DMA API",
     license: "GPL v2",
 }
