@@ -75,7 +75,7 @@ use kernel::{
     },
     new_condvar,
     new_mutex,
-    new_spinlock,
+    new_spinlock_irq,
     num::casts::FromSafeCast,
     pci::{
         self,
@@ -103,7 +103,7 @@ use kernel::{
         CondVar,
         CondVarTimeoutResult,
         Mutex,
-        SpinLock, //
+        SpinLockIrq, //
     },
     time::{
         delay::fsleep,
@@ -266,9 +266,9 @@ struct QueuePair {
     tail_doorbell: usize,
     head_doorbell: usize,
     #[pin]
-    tail: SpinLock<u16>,
+    tail: SpinLockIrq<u16>,
     #[pin]
-    head: SpinLock<CompletionHead>,
+    head: SpinLockIrq<CompletionHead>,
 }
 
 impl QueuePair {
@@ -290,8 +290,8 @@ impl QueuePair {
             completions,
             tail_doorbell: doorbell,
             head_doorbell: doorbell + stride,
-            tail <- new_spinlock!(0),
-            head <- new_spinlock!(CompletionHead { head: 0, phase: true }),
+            tail <- new_spinlock_irq!(0),
+            head <- new_spinlock_irq!(CompletionHead { head: 0, phase: true }),
         }? Error))
     }
 
@@ -555,7 +555,7 @@ type RequestMapping = DmaMapping<'static, RequestMemory<NvmeQueues>>;
 #[pin_data]
 struct RequestState {
     #[pin]
-    mapping: SpinLock<Option<RequestMapping>>,
+    mapping: SpinLockIrq<Option<RequestMapping>>,
     /// Whether the command is with the controller: set at submission, cleared by whoever ends
     /// the request first, its completion or its cancellation.
     in_flight: Atomic<bool>,
@@ -627,6 +627,11 @@ impl Controller {
                 dev_warn!(self.pdev, "completion of unknown command {}\n", completion.id);
                 return;
             };
+            // Fault injection: the completion is dropped, as if lost; the timeout handler
+            // finds the command done and resets the controller.
+            if rq.should_fake_timeout() {
+                return;
+            }
             let state = rq.data();
             if state.in_flight.xchg(false, Full) {
                 if completion.status != 0 {
@@ -926,7 +931,8 @@ impl Controller {
             let health = self.health();
             if health != Health::Live {
                 // Not submitted: no completion will come.
-                drop(state.mapping.lock().take());
+                let mapping = state.mapping.lock().take();
+                drop(mapping);
                 return Err(if health == Health::Lost { EIO } else { RETRY_LATER });
             }
             state.in_flight.store(true, Relaxed);
@@ -1042,7 +1048,7 @@ struct AdminQueue {
     command: Mutex<()>,
     /// The last completion, set by the interrupt handler.
     #[pin]
-    done: SpinLock<Option<Completion>>,
+    done: SpinLockIrq<Option<Completion>>,
     #[pin]
     completed: CondVar,
 }
@@ -1205,7 +1211,7 @@ impl Operations for NvmeQueues {
 
     fn new_request_data() -> impl PinInit<RequestState, Error> {
         try_pin_init!(RequestState {
-            mapping <- new_spinlock!(None),
+            mapping <- new_spinlock_irq!(None),
             in_flight: Atomic::new(false),
             status: Atomic::new(0),
             aborted: Atomic::new(false),
@@ -1238,8 +1244,9 @@ impl Operations for NvmeQueues {
 
     fn complete(rq: ARef<mq::Request<Self>>) {
         let state = rq.data();
-        // Unmap first: the mapping holds a reference to the request.
-        drop(state.mapping.lock().take());
+        // Unmap first, out of the lock: the mapping holds a reference to the request.
+        let mapping = state.mapping.lock().take();
+        drop(mapping);
         let result = match state.status.load(Relaxed) {
             0 => Ok(()),
             _ => Err(EIO),
@@ -1503,7 +1510,7 @@ impl NvmeDriver {
                     pair <- QueuePair::new(dev, 0, ADMIN_ENTRIES, stride)?,
                     next_id: Atomic::new(0),
                     command <- new_mutex!(()),
-                    done <- new_spinlock!(None),
+                    done <- new_spinlock_irq!(None),
                     completed <- new_condvar!(),
                 }? Error),
             }? Error),
