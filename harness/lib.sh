@@ -119,6 +119,10 @@ TEST_DEVICE_ARGS="-device edu,dma_mask=0xffffffffffffffff"
 # than one page (the sample caps them at 1024 pages).
 NVME_DISK=$OUT/nvme-disk.img
 NVME_DISK_BYTES=$((64 << 20))
+# Debian's programs the guest runs on the NVMe block devices (packages
+# e2fsprogs, fio and coreutils), copied into the initramfs with their
+# libraries.
+BLOCK_CLIENTS=(mkfs.ext4 fsck.ext4 fio dd)
 
 # The machine configurations of harness/matrix, one "name viommu kernel-args"
 # line each.

@@ -8,7 +8,8 @@ PACKAGES=(rustc-web rust-web-src rust-web-clippy rustfmt-web
 	clang-$LLVM_VERSION lld-$LLVM_VERSION llvm-$LLVM_VERSION
 	libclang-$LLVM_VERSION-dev flex bison libelf-dev libssl-dev bc cpio
 	busybox-static kmod rsync make git python3 python3-ply python3-git
-	xz-utils perl gawk cargo-web ca-certificates gcc libc6-dev)
+	xz-utils perl gawk cargo-web ca-certificates gcc libc6-dev
+	e2fsprogs fio coreutils)
 QEMU_PACKAGES=(qemu-system-x86)
 
 # dpkg-query lists only known packages; compare against the request.
