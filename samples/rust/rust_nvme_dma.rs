@@ -874,6 +874,13 @@ impl Controller {
 
     /// Builds the command of `rq` and submits it; on error, nothing of it is left mapped.
     fn queue_request(&self, queue: &IoQueue, rq: ARef<mq::Request<NvmeQueues>>) -> Result {
+        // A lost controller may still read the list pages of its last commands: map nothing and
+        // write nothing for it. Checked again, under the submission lock, before the doorbell.
+        match self.health() {
+            Health::Live => {}
+            Health::Resetting => return Err(RETRY_LATER),
+            Health::Lost => return Err(EIO),
+        }
         let stats = &self.stats;
         let (command, mapping) = match rq.command() {
             BlockCommand::Read => {
