@@ -73,9 +73,7 @@ use kernel::{
         self,
         IrqReturn, //
     },
-    new_condvar,
-    new_mutex,
-    new_spinlock_irq,
+    new_condvar, new_mutex, new_spinlock_irq,
     num::casts::FromSafeCast,
     pci::{
         self,
@@ -417,6 +415,7 @@ impl IoQueue {
     /// The caller owns the request with tag `tag` and the controller does not read its pages:
     /// the request's command was not submitted, or it completed or was cancelled with bus
     /// mastering off or the controller disabled.
+    #[expect(clippy::mut_from_ref, reason = "exclusive by the safety requirements")]
     unsafe fn lists_of(&self, tag: u32) -> Result<(u64, &mut [u64])> {
         let words = LIST_PAGES * CTRL_PAGE / 8;
         let start = usize::from_safe_cast(tag) * words;
@@ -426,7 +425,10 @@ impl IoQueue {
         // SAFETY: The range is inside the allocation; by the safety requirements only the caller
         // uses it.
         let lists = unsafe { &mut self.lists.as_mut()[start..start + words] };
-        Ok((self.lists.dma_address() + u64::from_safe_cast(start * 8), lists))
+        Ok((
+            self.lists.dma_address() + u64::from_safe_cast(start * 8),
+            lists,
+        ))
     }
 }
 
@@ -624,7 +626,11 @@ impl Controller {
         };
         queue.pair.reap(bar, |completion| {
             let Some(rq) = self.tagset.tag_to_rq(index, u32::from(completion.id)) else {
-                dev_warn!(self.pdev, "completion of unknown command {}\n", completion.id);
+                dev_warn!(
+                    self.pdev,
+                    "completion of unknown command {}\n",
+                    completion.id
+                );
                 return;
             };
             // Fault injection: the completion is dropped, as if lost; the timeout handler
@@ -667,9 +673,9 @@ impl Controller {
     fn abort(&self, rq: &mq::Request<NvmeQueues>, queue: u32) -> Result {
         // CAST: at most `MAX_IO_QUEUES`.
         let sqid = queue + 1;
-        let result = self
-            .admin
-            .execute(Command::admin(ADMIN_ABORT, 0, sqid | rq.tag() << 16, 0))?;
+        let result =
+            self.admin
+                .execute(Command::admin(ADMIN_ABORT, 0, sqid | rq.tag() << 16, 0))?;
         Stats::add(&self.stats.aborts, 1);
         // Bit 0 of dword 0 clear: the command was aborted.
         if result & 1 == 0 {
@@ -719,7 +725,6 @@ impl Controller {
         self.cancel_all();
     }
 
-
     /// Disables the controller; with `CSTS.RDY` clear it processes no command.
     fn disable(&self) -> Result {
         let bar = self.bar()?;
@@ -756,7 +761,10 @@ impl Controller {
         let ranges = mapping.dma_ranges();
         let size = mapping.size();
         let use_sgl = match self.identity.sgl {
-            Some(dword_aligned) => (size / ranges.len() >= SGL_THRESHOLD).then_some(dword_aligned),
+            Some(dword_aligned) => {
+                let mean = size.checked_div(ranges.len()).unwrap_or(0);
+                (mean >= SGL_THRESHOLD).then_some(dword_aligned)
+            }
             None => None,
         };
         match use_sgl {
@@ -768,11 +776,12 @@ impl Controller {
                 let Some((_, first)) = entries.next() else {
                     return Err(EINVAL);
                 };
+                let offset_mask = page - 1;
                 let check = |i: usize, entry: &DmaRange| {
                     let (start, end) = (entry.dma_addr(), entry.end());
-                    let inner_start = i > 0 && start % page != 0;
-                    let inner_end = i + 1 < count && end % page != 0;
-                    if start % 4 != 0 || inner_start || inner_end {
+                    let inner_start = i > 0 && start & offset_mask != 0;
+                    let inner_end = i + 1 < count && end & offset_mask != 0;
+                    if start & 3 != 0 || inner_start || inner_end {
                         Err(EINVAL)
                     } else {
                         Ok([start])
@@ -787,7 +796,10 @@ impl Controller {
                     }
                     _ => {
                         let rest = entries.map(|(i, entry)| check(i, &entry));
-                        (lists_addr, chain(lists, lists_addr, count - 1, rest, |next, _| Ok([next]))?)
+                        (
+                            lists_addr,
+                            chain(lists, lists_addr, count - 1, rest, |next, _| Ok([next]))?,
+                        )
                     }
                 };
                 command.set_pointer(first.dma_addr(), prp2);
@@ -799,7 +811,7 @@ impl Controller {
                 let count = Split::new(ranges.iter().copied(), limits).count();
                 let mut blocks = Split::new(ranges.iter().copied(), limits).map(|range| {
                     let addr = range.dma_addr();
-                    if dword_aligned && (addr % 4 != 0 || range.size() % 4 != 0) {
+                    if dword_aligned && (addr & 3 != 0 || range.size() & 3 != 0) {
                         return Err(EINVAL);
                     }
                     sgl_descriptor(addr, range.size(), SGL_DATA_BLOCK)
@@ -871,7 +883,6 @@ impl Controller {
         Ok((rq.sector() >> (shift - 9), blocks))
     }
 
-
     /// Builds the command of `rq` and submits it; on error, nothing of it is left mapped.
     fn queue_request(&self, queue: &IoQueue, rq: ARef<mq::Request<NvmeQueues>>) -> Result {
         // A lost controller may still read the list pages of its last commands: map nothing and
@@ -905,7 +916,8 @@ impl Controller {
                 // blocks, first block.
                 lists[0] = (u64::from(blocks) << 32).to_le();
                 lists[1] = lba.to_le();
-                let mut command = Command::admin(IO_DATASET_MANAGEMENT, lists_addr, 0, DSM_DEALLOCATE);
+                let mut command =
+                    Command::admin(IO_DATASET_MANAGEMENT, lists_addr, 0, DSM_DEALLOCATE);
                 command.0[1] = NAMESPACE;
                 Stats::add(&stats.discards, 1);
                 (command, None)
@@ -940,7 +952,11 @@ impl Controller {
                 // Not submitted: no completion will come.
                 let mapping = state.mapping.lock().take();
                 drop(mapping);
-                return Err(if health == Health::Lost { EIO } else { RETRY_LATER });
+                return Err(if health == Health::Lost {
+                    EIO
+                } else {
+                    RETRY_LATER
+                });
             }
             state.in_flight.store(true, Relaxed);
             // Dropped before the doorbell: the completion ends the request, so from then on the
@@ -1099,7 +1115,11 @@ impl irq::Handler for IoInterrupt {
 }
 
 /// Resets and enables the controller with its admin queue.
-fn start_controller(registers: &Registers, bar: &pci::Bar<'_, BAR_SIZE>, admin: &QueuePair) -> Result {
+fn start_controller(
+    registers: &Registers,
+    bar: &pci::Bar<'_, BAR_SIZE>,
+    admin: &QueuePair,
+) -> Result {
     if bar.read32(REG_CC) & CC_ENABLE != 0 {
         bar.write32(0, REG_CC);
     }
@@ -1352,8 +1372,9 @@ fn identify(admin: &Admin) -> Result<Identity> {
     let le32 = |data: &[u8; CTRL_PAGE], at: usize| {
         u32::from_le_bytes([data[at], data[at + 1], data[at + 2], data[at + 3]])
     };
-    let le64 =
-        |data: &[u8; CTRL_PAGE], at| u64::from(le32(data, at)) | u64::from(le32(data, at + 4)) << 32;
+    let le64 = |data: &[u8; CTRL_PAGE], at| {
+        u64::from(le32(data, at)) | u64::from(le32(data, at + 4)) << 32
+    };
 
     // FLBAS: the format in use, bits 6:5 extending it past 16 formats, which are not
     // supported; NLBAF: the number of formats minus one.
@@ -1638,7 +1659,9 @@ impl NvmeDriver {
             .physical_block_size(block_size)?
             .write_cache(identity.volatile_write_cache, true)
             .max_hw_sectors(max_transfer >> 9)
-            .max_segments(u16::try_from(MAX_SGL_BLOCKS.min(identity.max_transfer / CTRL_PAGE + 1))?)
+            .max_segments(u16::try_from(
+                MAX_SGL_BLOCKS.min(identity.max_transfer / CTRL_PAGE + 1),
+            )?)
             // PRPs: every segment but the first starts a controller page, every one but the
             // last ends one.
             .virt_boundary_mask(CTRL_PAGE - 1)?
@@ -1730,7 +1753,10 @@ impl pci::Driver for NvmeDriver {
                 admin.registers.ready_timeout,
             );
             if done.is_err() {
-                dev_warn!(controller.pdev, "controller did not complete its shutdown\n");
+                dev_warn!(
+                    controller.pdev,
+                    "controller did not complete its shutdown\n"
+                );
             }
         }
     }

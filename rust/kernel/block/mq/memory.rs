@@ -137,7 +137,11 @@ impl Iterator for BioVecRanges<'_> {
             // SAFETY: `bv_page` is a valid page of the request's data.
             let paddr = unsafe { bindings::page_to_phys(bvec.bv_page) };
             // A bio_vec lies in memory, so its range cannot overflow: `new()` cannot fail.
-            return Phyr::new(paddr + u64::from(bvec.bv_offset + done), usize::from_safe_cast(size)).ok();
+            return Phyr::new(
+                paddr + u64::from(bvec.bv_offset + done),
+                usize::from_safe_cast(size),
+            )
+            .ok();
         }
     }
 }
