@@ -176,9 +176,10 @@ const CTRL_PAGE: usize = 4096;
 const ADMIN_ENTRIES: u16 = 32;
 const IO_ENTRIES: u16 = 128;
 const MAX_IO_QUEUES: usize = 16;
-/// The largest command: a PRP list of 1023 entries (with the first PRP, 4 MiB) fits in two list
-/// pages.
-const MAX_TRANSFER: usize = 1024 * CTRL_PAGE;
+/// The largest command: 1023 controller pages touch at most 1024 pages at any offset, one PRP
+/// in the command and 1023 in two chained list pages (QEMU's controller also fails commands that
+/// touch more).
+const MAX_TRANSFER: usize = 1023 * CTRL_PAGE;
 /// List pages each tag owns: its PRP list or SGL segments.
 const LIST_PAGES: usize = 2;
 /// The most SGL data blocks two chained segment pages hold.
