@@ -1,72 +1,75 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Moves data between QEMU's NVMe disk and user memory through the
- * rust_nvme_dma sample (/dev/rust-nvme-dma0): PRPs and SGLs, 4 KiB pages,
- * THP and hugetlb pages, the sample's kernel buffers, the errors of bad
- * requests, the statistics, unbinding with requests in flight and module
- * unloading. The last case fills the whole disk with the pattern of
- * RUST_NVME_DMA_SEED, which the host checks (harness/nvme_disk_check.py).
+ * Moves data between QEMU's NVMe disk and user memory through the block
+ * device of the Rust NVMe driver (rust_nvme_dma, /dev/rnvme0n1): O_DIRECT
+ * requests of many sizes and offsets from anonymous, malloc'ed, THP,
+ * hugetlb, scattered and page-cache memory, vectored and buffered I/O,
+ * write-zeroes and discard, the errors the block layer gives, the driver's
+ * statistics and the DMA path of its mappings, unbinding with I/O in flight
+ * and module unloading. The last case fills the whole disk with the pattern
+ * of RUST_NVME_DMA_SEED, which the host checks (harness/nvme_disk_check.py).
  *
  * Environment: RUST_NVME_DMA_PATH (iova, direct or bounce: the DMA path
- * every mapping must take), RUST_NVME_DMA_SEED (decimal), and
+ * every mapping must take), RUST_NVME_DMA_SEED (decimal) and
  * RUST_NVME_DMA_DISK_BYTES. RUST_NVME_DMA_RANDOM_SEED replays the random
- * data of an earlier run (each case prints it).
+ * data of an earlier run (each case prints it). NVME_BLK_DRIVER=nvme runs it
+ * on the C driver (nvme_dma_blk.h), to check the test itself.
  */
-#include <dirent.h>
 #include <endian.h>
-#include <errno.h>
 #include <fcntl.h>
-#include <limits.h>
+#include <linux/fs.h>
 #include <poll.h>
-#include <stdarg.h>
-#include <stdbool.h>
+#include <signal.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "../kselftest_harness.h"
-#include "rust_nvme_dma.h"
+#include "nvme_dma_blk.h"
 
-#define DEV_NAME	"rust-nvme-dma0"
-#define DEV_PATH	"/dev/" DEV_NAME
-#define MODULE_NAME	"rust_nvme_dma"
-#define DRIVER_DIR	"/sys/bus/pci/drivers/" MODULE_NAME
 #define NR_HUGEPAGES	"/proc/sys/vm/nr_hugepages"
+#define THP_ENABLED	"/sys/kernel/mm/transparent_hugepage/enabled"
 
-#define READ		RUST_NVME_IOC_READ
-#define WRITE		RUST_NVME_IOC_WRITE
-#define SGL		RUST_NVME_IO_SGL
-#define VMALLOC		RUST_NVME_IO_VMALLOC
-#define CONTIGUOUS	RUST_NVME_IO_CONTIGUOUS
-
-#define NVME_PAGE	4096ULL		/* the controller's memory page size */
 #define HUGE_SIZE	(2ULL << 20)
+#define KIB		1024ULL
 #define MIB		(1024ULL * 1024)
 #define GOLDEN		0x9e3779b97f4a7c15ULL
 #define PATTERN_UNIT	512		/* bytes per key of the disk pattern */
-#define GUARD_BLOCKS	16ULL
-#define REPORTS_MAX	10		/* detailed reports of bad results per case */
+#define PFN_MASK	((1ULL << 55) - 1)
+#define WORKERS		4		/* processes doing I/O while the driver goes */
 
+static struct nvme_target target;
 static __u64 run_seed;
+static size_t page_size;
+
+/* What a case moved since stats_begin(), for stats_check(). */
+struct tally {
+	__u64 read, written;
+	__u64 requests;		/* at least: requests are cut at max_request */
+};
 
 struct nvme_state {
-	int fd;
-	struct rust_nvme_info info;
-	int path;		/* RUST_NVME_PATH_* every mapping must take, < 0: unknown */
+	int fd;			/* the block device, O_RDWR | O_DIRECT */
+	char bdf[32];		/* the controller */
+	__u64 size;		/* bytes */
+	__u64 lbs;		/* logical block size */
+	__u64 max_request;	/* max_sectors_kb: longer requests are split */
+	__u64 max_segments;
+	__u64 dma_alignment;	/* mask of the buffer alignment O_DIRECT needs */
+	int path;		/* STAT_MAPPINGS_* every mapping must take, < 0: unknown */
 	__u64 rng;		/* xorshift64 state of the case's random data */
-	char bdf[32];		/* the controller, rebound by the teardown if unbound */
-	bool unbound;
-	bool unloaded;		/* the module is reloaded by the teardown */
+	bool unbound;		/* rebound by the teardown */
+	bool unloaded;		/* reloaded by the teardown */
 	char nr_hugepages[32];	/* restored by the teardown if set */
-	int reports;
-	__u64 moved, requests;
+	struct nvme_stats before, delta;
+	bool have_before;
+	struct tally tally;
+	__u64 moved, ios;
 	struct timespec start;
 };
 
@@ -96,11 +99,6 @@ static __u64 random_below(struct nvme_state *s, __u64 n)
 static __u64 min_u64(__u64 a, __u64 b)
 {
 	return a < b ? a : b;
-}
-
-static __u64 max_u64(__u64 a, __u64 b)
-{
-	return a > b ? a : b;
 }
 
 static void fill_random(void *buf, size_t len, __u64 *state)
@@ -164,285 +162,57 @@ static int read_file(const char *path, char *value, size_t size)
 	if (len < 0)
 		return -1;
 	value[len] = 0;
+	value[strcspn(value, "\n")] = 0;
 	return 0;
 }
 
-static int write_file(const char *path, const char *value)
+/* A file of the disk's queue directory in sysfs. */
+static int read_queue_file(const char *name, char *value, size_t size)
 {
-	int fd = open(path, O_WRONLY);
-	ssize_t len = fd < 0 ? -1 : write(fd, value, strlen(value));
-	int err = errno;
+	const char *disk = strrchr(target.dev, '/') ? strrchr(target.dev, '/') + 1 : target.dev;
+	char path[PATH_MAX];
 
-	if (fd >= 0)
-		close(fd);
-	errno = err;
-	return len == (ssize_t)strlen(value) ? 0 : -1;
+	snprintf(path, sizeof(path), "/sys/class/block/%s/queue/%s", disk, name);
+	return read_file(path, value, size);
 }
 
-static bool wait_for(const char *path, bool present, int ms)
+/* A number of the disk's queue directory; -1 if unreadable. */
+static long long queue_limit(const char *name)
 {
-	for (;; ms -= 10) {
-		if ((access(path, F_OK) == 0) == present)
-			return true;
-		if (ms <= 0)
-			return false;
-		usleep(10000);
-	}
-}
+	char value[64], *end;
+	long long n;
 
-/* modprobe, its messages turned into KTAP diagnostics. */
-static int load_module(void)
-{
-	return system("out=$(modprobe " MODULE_NAME " 2>&1); rc=$?; "
-		      "[ -z \"$out\" ] || echo \"$out\" | sed 's/^/# /' >&2; exit $rc");
-}
-
-/* Opens the device, loading the module first if the node is missing. */
-static int open_dev(struct __test_metadata *_metadata)
-{
-	int rc, fd;
-
-	if (access(DEV_PATH, F_OK)) {
-		rc = load_module();
-		if (rc)
-			TH_LOG("modprobe %s failed: status %d", MODULE_NAME,
-			       WIFEXITED(rc) ? WEXITSTATUS(rc) : rc);
-		else if (!wait_for(DEV_PATH, true, 10000))
-			TH_LOG("%s missing 10 s after modprobe %s", DEV_PATH, MODULE_NAME);
-	}
-	fd = open(DEV_PATH, O_RDWR);
-	if (fd < 0)
-		TH_LOG("%s: %s", DEV_PATH, strerror(errno));
-	return fd;
-}
-
-static int copy_name(char *dst, size_t size, const char *src)
-{
-	size_t len = strlen(src);
-
-	if (len >= size)
+	if (read_queue_file(name, value, sizeof(value)))
 		return -1;
-	memcpy(dst, src, len + 1);
-	return 0;
+	n = strtoll(value, &end, 10);
+	return *end || end == value ? -1 : n;
 }
 
-/* The PCI address of the controller behind the device node. */
-static int find_bdf(char *bdf, size_t size)
+static int getenv_u64(const char *name, __u64 *value)
 {
-	char link[PATH_MAX], path[PATH_MAX + 64], *base;
-	unsigned int dom, bus, dev, fn;
-	struct dirent *entry;
-	ssize_t len;
-	int found = 0;
-	DIR *dir;
+	const char *s = getenv(name);
+	char *end;
 
-	len = readlink("/sys/class/misc/" DEV_NAME "/device", link, sizeof(link) - 1);
-	if (len > 0) {
-		link[len] = 0;
-		base = strrchr(link, '/') ? strrchr(link, '/') + 1 : link;
-		snprintf(path, sizeof(path), DRIVER_DIR "/%s", base);
-		if (!access(path, F_OK))
-			return copy_name(bdf, size, base);
-	}
-	/* No parent link: the one device bound to the driver. */
-	dir = opendir(DRIVER_DIR);
-	if (!dir)
+	if (!s || !*s)
 		return -1;
-	while ((entry = readdir(dir)))
-		if (sscanf(entry->d_name, "%x:%x:%x.%x", &dom, &bus, &dev, &fn) == 4 &&
-		    !found++ && copy_name(bdf, size, entry->d_name))
-			found = 2;
-	closedir(dir);
-	return found == 1 ? 0 : -1;
+	errno = 0;
+	*value = strtoull(s, &end, 10);
+	return errno || *end || *s == '-' ? -1 : 0;
 }
 
-static int do_io(int fd, unsigned long cmd, void *buf, __u64 len, __u64 lba, __u32 flags,
-		 struct rust_nvme_io *out)
+static int expected_path(void)
 {
-	struct rust_nvme_io io = {
-		.addr = (uintptr_t)buf,
-		.len = len,
-		.lba = lba,
-		.flags = flags,
-	};
-	int ret = ioctl(fd, cmd, &io);
+	const char *path = getenv("RUST_NVME_DMA_PATH");
 
-	if (out)
-		*out = io;
-	return ret ? -errno : 0;
-}
-
-static int get_stats(int fd, struct rust_nvme_stats *stats)
-{
-	return ioctl(fd, RUST_NVME_IOC_STATS, stats) ? -errno : 0;
-}
-
-static const char *describe(char *out, size_t size, unsigned long cmd,
-			    const struct rust_nvme_io *io)
-{
-	snprintf(out, size,
-		 "%s of %llu bytes at lba %llu, buffer %#llx (page offset %llu), %s%s%s%s",
-		 cmd == WRITE ? "write" : cmd == READ ? "read" : "ioctl",
-		 (unsigned long long)io->len, (unsigned long long)io->lba,
-		 (unsigned long long)io->addr, (unsigned long long)(io->addr % NVME_PAGE),
-		 io->flags & SGL ? "sgl" : "prp", io->flags & VMALLOC ? " vmalloc" : "",
-		 io->flags & CONTIGUOUS ? " contiguous" : "",
-		 io->flags & ~(SGL | VMALLOC | CONTIGUOUS) ? " unknown flags" : "");
-	return out;
-}
-
-/* PRP list pages for @entries: PRP1 takes one, a list's last entry links the next list. */
-static __u32 prp_list_pages(__u64 entries)
-{
-	__u64 per_list = NVME_PAGE / 8;
-
-	if (entries <= 2)
-		return 0;
-	entries--;
-	if (entries <= per_list)
-		return 1;
-	return 1 + (entries - per_list + per_list - 2) / (per_list - 1);
-}
-
-/* Appends a problem to @out if @cond holds. */
-static __printf(4, 5) void problem(char *out, size_t size, bool cond, const char *fmt, ...)
-{
-	size_t len = strlen(out);
-	va_list args;
-
-	if (!cond || len >= size)
-		return;
-	va_start(args, fmt);
-	vsnprintf(out + len, size - len, fmt, args);
-	va_end(args);
-}
-
-/*
- * Checks what the sample reports of a successful request. Requests are cut
- * in commands at multiples of max_transfer from their start. A PRP entry
- * per 4 KiB page that each command touches, DMA addresses keeping the
- * offset of the buffer in its page: the user buffer's offset, 0 for vmalloc
- * buffers, any for kmalloc buffers. An SGL has at least a descriptor per
- * command and at most one per DMA range in each command.
- */
-static void check_io(struct __test_metadata *_metadata, struct nvme_state *s,
-		     unsigned long cmd, const struct rust_nvme_io *io)
-{
-	__u64 mt = s->info.max_transfer, page_off, done, len, pages, max;
-	bool contiguous = io->flags & CONTIGUOUS, sgl = io->flags & SGL, one_range;
-	__u32 commands = 0, lo = 0, hi = 0, lists_lo = 0, lists_hi = 0;
-	char problems[512] = "", what[256];
-	size_t n = sizeof(problems);
-
-	page_off = io->flags & (VMALLOC | CONTIGUOUS) ? 0 : io->addr % NVME_PAGE;
-	for (done = 0; done < io->len; done += mt) {
-		len = min_u64(mt, io->len - done);
-		pages = (page_off + len + NVME_PAGE - 1) / NVME_PAGE;
-		commands++;
-		lo += pages;
-		lists_lo += prp_list_pages(pages);
-		if (contiguous)
-			pages = (len + 2 * NVME_PAGE - 2) / NVME_PAGE;
-		hi += pages;
-		lists_hi += prp_list_pages(pages);
-	}
-
-	problem(problems, n, s->path < 0,
-		"; path %u, RUST_NVME_DMA_PATH not iova, direct or bounce", io->path);
-	problem(problems, n, s->path >= 0 && io->path != (__u32)s->path,
-		"; path %u, expected %d", io->path, s->path);
-	/* SGL commands also end at max_sgl_blocks data blocks. */
-	problem(problems, n, sgl ? io->commands < commands : io->commands != commands,
-		"; %u commands, expected %s%u", io->commands, sgl ? "at least " : "", commands);
-	problem(problems, n, io->dma_ranges < 1 || io->dma_ranges > hi,
-		"; %u DMA ranges, expected 1 to %u", io->dma_ranges, hi);
-	/* One IOVA range; a kmalloc buffer is physically contiguous. */
-	one_range = s->path == RUST_NVME_PATH_IOVA ||
-		    (contiguous && s->path == RUST_NVME_PATH_DIRECT);
-	problem(problems, n, one_range && io->dma_ranges != 1,
-		"; %u DMA ranges, expected 1", io->dma_ranges);
-	if (sgl) {
-		max = min_u64((__u64)io->commands * s->info.max_sgl_blocks,
-			      io->dma_ranges + io->commands - 1);
-		problem(problems, n, io->descriptors < io->commands || io->descriptors > max,
-			"; %u SGL descriptors, expected %u to %llu", io->descriptors,
-			io->commands, (unsigned long long)max);
-		problem(problems, n, io->list_pages > 2 * io->commands,
-			"; %u SGL segments, expected at most 2 per command", io->list_pages);
-	} else {
-		problem(problems, n, io->descriptors < lo || io->descriptors > hi,
-			"; %u PRP entries, expected %u to %u", io->descriptors, lo, hi);
-		problem(problems, n, io->list_pages < lists_lo || io->list_pages > lists_hi,
-			"; %u PRP list pages, expected %u to %u", io->list_pages, lists_lo,
-			lists_hi);
-	}
-
-	if (!problems[0])
-		return;
-	_metadata->exit_code = KSFT_FAIL;
-	if (s->reports++ < REPORTS_MAX)
-		TH_LOG("%s: %s", describe(what, sizeof(what), cmd, io), problems + 2);
-	else if (s->reports == REPORTS_MAX + 1)
-		TH_LOG("more bad results, not shown");
-}
-
-/* A request that must succeed, and its results checked. */
-static int checked_io(struct __test_metadata *_metadata, struct nvme_state *s,
-		      unsigned long cmd, void *buf, __u64 len, __u64 lba, __u32 flags,
-		      struct rust_nvme_io *out)
-{
-	struct rust_nvme_io io;
-	char what[256];
-	int ret = do_io(s->fd, cmd, buf, len, lba, flags, &io);
-
-	if (ret) {
-		io = (struct rust_nvme_io){
-			.addr = (uintptr_t)buf, .len = len, .lba = lba, .flags = flags,
-		};
-		TH_LOG("%s: %s", describe(what, sizeof(what), cmd, &io), strerror(-ret));
-	} else {
-		s->moved += len;
-		s->requests++;
-		check_io(_metadata, s, cmd, &io);
-	}
-	if (out)
-		*out = io;
-	return ret;
-}
-
-/*
- * Writes random data from @wbuf and reads it back into @rbuf, filled with
- * other data first so that a read that moves nothing fails.
- */
-static void round_trip(struct __test_metadata *_metadata, struct nvme_state *s,
-		       void *wbuf, void *rbuf, __u64 len, __u64 lba, __u32 flags,
-		       struct rust_nvme_io *wio, struct rust_nvme_io *rio)
-{
-	fill_random(wbuf, len, &s->rng);
-	ASSERT_EQ(0, checked_io(_metadata, s, WRITE, wbuf, len, lba, flags, wio));
-	fill_random(rbuf, len, &s->rng);
-	ASSERT_EQ(0, checked_io(_metadata, s, READ, rbuf, len, lba, flags, rio));
-	ASSERT_TRUE(same(_metadata, wbuf, rbuf, len, 0, "read back"))
-		TH_LOG("%llu bytes at lba %llu, flags %#x, buffers at page offsets %llu and %llu",
-		       (unsigned long long)len, (unsigned long long)lba, flags,
-		       (unsigned long long)((uintptr_t)wbuf % NVME_PAGE),
-		       (unsigned long long)((uintptr_t)rbuf % NVME_PAGE));
-}
-
-/* A random first block for @len bytes, the disk holding all of them. */
-static __u64 random_lba(struct nvme_state *s, __u64 len)
-{
-	return random_below(s, s->info.blocks - len / s->info.block_size + 1);
-}
-
-/* Rounds down to whole blocks, within the longest request and the disk. */
-static __u64 request_len(struct nvme_state *s, __u64 len, __u32 flags)
-{
-	__u64 max = flags & CONTIGUOUS ? s->info.max_contiguous : s->info.max_request;
-
-	max = min_u64(max, s->info.blocks * s->info.block_size);
-	len = min_u64(len, max);
-	return len - len % s->info.block_size;
+	if (!path)
+		return -1;
+	if (!strcmp(path, "iova"))
+		return STAT_MAPPINGS_IOVA;
+	if (!strcmp(path, "direct"))
+		return STAT_MAPPINGS_DIRECT;
+	if (!strcmp(path, "bounce"))
+		return STAT_MAPPINGS_BOUNCE;
+	return -1;
 }
 
 static void *map(size_t len, int prot)
@@ -450,6 +220,141 @@ static void *map(size_t len, int prot)
 	void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 
 	return p == MAP_FAILED ? NULL : p;
+}
+
+static void count_io(struct nvme_state *s, bool write, __u64 len)
+{
+	if (write)
+		s->tally.written += len;
+	else
+		s->tally.read += len;
+	s->tally.requests += (len + s->max_request - 1) / s->max_request;
+	s->moved += len;
+	s->ios++;
+}
+
+/* An O_DIRECT transfer that must move all @len bytes. */
+static bool dio(struct __test_metadata *_metadata, struct nvme_state *s, bool write, void *buf,
+		__u64 len, __u64 pos)
+{
+	ssize_t done = write ? pwrite(s->fd, buf, len, pos) : pread(s->fd, buf, len, pos);
+
+	if (done == (ssize_t)len) {
+		count_io(s, write, len);
+		return true;
+	}
+	TH_LOG("O_DIRECT %s of %llu bytes at %llu, buffer %p (page offset %llu): %s",
+	       write ? "write" : "read", (unsigned long long)len, (unsigned long long)pos, buf,
+	       (unsigned long long)((uintptr_t)buf % page_size),
+	       done < 0 ? strerror(errno) : "short transfer");
+	return false;
+}
+
+/*
+ * Writes random data from @wbuf at @pos and reads it back into @rbuf,
+ * filled with other data first so that a read that moves nothing fails.
+ */
+static bool round_trip(struct __test_metadata *_metadata, struct nvme_state *s, void *wbuf,
+		       void *rbuf, __u64 len, __u64 pos)
+{
+	fill_random(wbuf, len, &s->rng);
+	fill_random(rbuf, len, &s->rng);
+	if (!dio(_metadata, s, true, wbuf, len, pos) || !dio(_metadata, s, false, rbuf, len, pos))
+		return false;
+	if (same(_metadata, wbuf, rbuf, len, 0, "read back"))
+		return true;
+	TH_LOG("%llu bytes at %llu, buffers at page offsets %llu and %llu",
+	       (unsigned long long)len, (unsigned long long)pos,
+	       (unsigned long long)((uintptr_t)wbuf % page_size),
+	       (unsigned long long)((uintptr_t)rbuf % page_size));
+	return false;
+}
+
+/* A random place on the disk for @len bytes, block aligned. */
+static __u64 random_pos(struct nvme_state *s, __u64 len)
+{
+	return random_below(s, (s->size - len) / s->lbs + 1) * s->lbs;
+}
+
+static void stats_begin(struct __test_metadata *_metadata, struct nvme_state *s)
+{
+	char err[256];
+
+	memset(&s->tally, 0, sizeof(s->tally));
+	memset(&s->delta, 0, sizeof(s->delta));
+	s->have_before = !nvme_read_stats(target.stats, &s->before, err, sizeof(err));
+	if (!s->have_before)
+		TH_LOG("%s", err);
+}
+
+/*
+ * Checks the statistics against what the case moved since stats_begin():
+ * the bytes (exactly when the case did nothing but O_DIRECT requests of its
+ * own, at least otherwise), at least a request and a mapping per request of
+ * at most max_request bytes, every mapping on the expected DMA path, one
+ * DMA range and one IOTLB sync per IOVA mapping, a descriptor at least per
+ * mapping, no failure. Leaves the differences in s->delta. Without
+ * statistics the case fails but goes on, to check the data.
+ */
+static void stats_check(struct __test_metadata *_metadata, struct nvme_state *s, bool exact)
+{
+	unsigned long long *d = s->delta.v, mapped;
+	struct nvme_stats after;
+	char err[256];
+	int i;
+
+	if (!s->have_before || nvme_read_stats(target.stats, &after, err, sizeof(err))) {
+		TH_LOG("%s", s->have_before ? err : "no statistics before the I/O");
+		_metadata->exit_code = KSFT_FAIL;
+		return;
+	}
+	for (i = 0; i < NVME_NR_STATS; i++)
+		d[i] = after.v[i] - s->before.v[i];
+	TH_LOG("requests +%llu, write_bytes +%llu, read_bytes +%llu, flushes +%llu",
+	       d[STAT_REQUESTS], d[STAT_WRITE_BYTES], d[STAT_READ_BYTES], d[STAT_FLUSHES]);
+	TH_LOG("mappings iova +%llu iommu +%llu direct +%llu bounce +%llu, dma_ranges +%llu",
+	       d[STAT_MAPPINGS_IOVA], d[STAT_MAPPINGS_IOMMU], d[STAT_MAPPINGS_DIRECT],
+	       d[STAT_MAPPINGS_BOUNCE], d[STAT_DMA_RANGES]);
+	TH_LOG("iotlb_syncs +%llu, prp_entries +%llu, sgl_data_blocks +%llu",
+	       d[STAT_IOTLB_SYNCS], d[STAT_PRP_ENTRIES], d[STAT_SGL_DATA_BLOCKS]);
+
+	if (exact) {
+		EXPECT_EQ(s->tally.written, d[STAT_WRITE_BYTES]);
+		EXPECT_EQ(s->tally.read, d[STAT_READ_BYTES]);
+	} else {
+		EXPECT_LE(s->tally.written, d[STAT_WRITE_BYTES]);
+		EXPECT_LE(s->tally.read, d[STAT_READ_BYTES]);
+	}
+	EXPECT_LE(s->tally.requests, d[STAT_REQUESTS]);
+	EXPECT_EQ(0, d[STAT_FAILED_REQUESTS]);
+	EXPECT_EQ(0, d[STAT_TIMEOUTS]);
+	EXPECT_EQ(0, d[STAT_ABORTS]);
+	EXPECT_EQ(0, d[STAT_RESETS]);
+
+	if (s->path < 0) {
+		TH_LOG("RUST_NVME_DMA_PATH is not iova, direct or bounce");
+		_metadata->exit_code = KSFT_FAIL;
+		return;
+	}
+	mapped = d[s->path];
+	EXPECT_LE(s->tally.requests, mapped) TH_LOG("%s", nvme_stat_names[s->path]);
+	/* The harness's EXPECT_*() are not single statements. */
+	for (i = STAT_MAPPINGS_IOVA; i <= STAT_MAPPINGS_BOUNCE; i++) {
+		if (i != s->path) {
+			EXPECT_EQ(0, d[i]) TH_LOG("%s grew, expected only %s", nvme_stat_names[i],
+						  nvme_stat_names[s->path]);
+		}
+	}
+	/* Only data requests map memory; flushes do not. */
+	EXPECT_LE(mapped, d[STAT_REQUESTS]);
+	if (s->path == STAT_MAPPINGS_IOVA) {
+		EXPECT_EQ(mapped, d[STAT_DMA_RANGES]) TH_LOG("one IOVA range per mapping");
+		EXPECT_EQ(mapped, d[STAT_IOTLB_SYNCS]) TH_LOG("one sync per IOVA mapping");
+	} else {
+		EXPECT_LE(mapped, d[STAT_DMA_RANGES]);
+		EXPECT_EQ(0, d[STAT_IOTLB_SYNCS]);
+	}
+	EXPECT_LE(mapped, d[STAT_PRP_ENTRIES] + d[STAT_SGL_DATA_BLOCKS]);
 }
 
 /* A field of /proc/self/smaps for the mapping holding @addr, in kB; -1 if none. */
@@ -474,31 +379,30 @@ static long smaps_kb(void *addr, const char *field)
 	return found;
 }
 
-static int getenv_u64(const char *name, __u64 *value)
+/* Physically contiguous runs of the pages of @buf; 0 if a PFN is unknown. */
+static long phys_runs(const void *buf, size_t len)
 {
-	const char *s = getenv(name);
-	char *end;
+	uintptr_t first = (uintptr_t)buf / page_size;
+	uintptr_t last = ((uintptr_t)buf + len - 1) / page_size, page;
+	int fd = open("/proc/self/pagemap", O_RDONLY);
+	__u64 entry, pfn, prev = 0;
+	long runs = 0;
 
-	if (!s || !*s)
-		return -1;
-	errno = 0;
-	*value = strtoull(s, &end, 10);
-	return errno || *end || *s == '-' ? -1 : 0;
-}
-
-static int expected_path(void)
-{
-	const char *path = getenv("RUST_NVME_DMA_PATH");
-
-	if (!path)
-		return -1;
-	if (!strcmp(path, "iova"))
-		return RUST_NVME_PATH_IOVA;
-	if (!strcmp(path, "direct"))
-		return RUST_NVME_PATH_DIRECT;
-	if (!strcmp(path, "bounce"))
-		return RUST_NVME_PATH_BOUNCE;
-	return -1;
+	if (fd < 0)
+		return 0;
+	for (page = first; page <= last; page++) {
+		if (pread(fd, &entry, sizeof(entry), page * sizeof(entry)) != sizeof(entry) ||
+		    !(entry >> 63) || !(entry & PFN_MASK)) {
+			runs = 0;
+			break;
+		}
+		pfn = entry & PFN_MASK;
+		if (page == first || pfn != prev + 1)
+			runs++;
+		prev = pfn;
+	}
+	close(fd);
+	return runs;
 }
 
 FIXTURE(nvme)
@@ -506,10 +410,36 @@ FIXTURE(nvme)
 	struct nvme_state n;
 };
 
+/* Binds the controller and opens its block device, which the case uses. */
+static void open_disk(struct __test_metadata *_metadata, struct nvme_state *s)
+{
+	char err[256];
+	long long max_kb;
+	unsigned int lbs;
+
+	ASSERT_EQ(0, nvme_attach(&target, s->bdf, sizeof(s->bdf), err, sizeof(err)))
+		TH_LOG("%s", err);
+	s->fd = open(target.dev, O_RDWR | O_DIRECT);
+	ASSERT_LE(0, s->fd) TH_LOG("%s: %s", target.dev, strerror(errno));
+	ASSERT_EQ(0, ioctl(s->fd, BLKGETSIZE64, &s->size));
+	ASSERT_EQ(0, ioctl(s->fd, BLKSSZGET, &lbs));
+	s->lbs = lbs;
+	max_kb = queue_limit("max_sectors_kb");
+	s->max_segments = queue_limit("max_segments");
+	s->dma_alignment = queue_limit("dma_alignment");
+	/* What every case computes with; the device case checks the rest. */
+	ASSERT_TRUE(s->lbs >= 512 && !(s->lbs & (s->lbs - 1))) TH_LOG("block size %llu", s->lbs);
+	ASSERT_LE(4, max_kb) TH_LOG("max_sectors_kb %lld", max_kb);
+	s->max_request = max_kb * KIB;
+	ASSERT_LE(1, (long long)s->max_segments);
+	ASSERT_TRUE(s->dma_alignment < s->lbs && !(s->dma_alignment & (s->dma_alignment + 1)))
+		TH_LOG("dma_alignment %lld", (long long)s->dma_alignment);
+	ASSERT_LE(64 * MIB, s->size);
+}
+
 FIXTURE_SETUP(nvme)
 {
 	struct nvme_state *s = &self->n;
-	struct rust_nvme_info *info = &s->info;
 	const char *name = _metadata->name;
 	__u64 hash = 0;
 
@@ -520,223 +450,229 @@ FIXTURE_SETUP(nvme)
 		hash = (hash ^ (unsigned char)*name++) * 0x100000001b3ULL;
 	s->rng = splitmix64(run_seed ^ hash) | 1;
 	TH_LOG("random data of RUST_NVME_DMA_RANDOM_SEED=%llu", (unsigned long long)run_seed);
-
-	s->fd = open_dev(_metadata);
-	ASSERT_LE(0, s->fd);
-	ASSERT_EQ(0, ioctl(s->fd, RUST_NVME_IOC_INFO, info)) TH_LOG("INFO: %s", strerror(errno));
-	/* What every case computes with; the info case checks the rest. */
-	ASSERT_TRUE(info->block_size >= 512 && !(info->block_size & (info->block_size - 1)))
-		TH_LOG("block size %u", info->block_size);
-	ASSERT_TRUE(info->max_transfer >= NVME_PAGE && !(info->max_transfer % NVME_PAGE) &&
-		    !(info->max_transfer % info->block_size))
-		TH_LOG("max_transfer %u", info->max_transfer);
-	ASSERT_TRUE(info->max_request >= info->max_transfer &&
-		    !(info->max_request % info->block_size))
-		TH_LOG("max_request %u", info->max_request);
-	ASSERT_TRUE(info->max_contiguous >= info->block_size &&
-		    !(info->max_contiguous % info->block_size))
-		TH_LOG("max_contiguous %u", info->max_contiguous);
-	ASSERT_LE(GUARD_BLOCKS * 4, info->blocks);
+	open_disk(_metadata, s);
 }
 
 FIXTURE_TEARDOWN(nvme)
 {
 	struct nvme_state *s = &self->n;
+	char path[PATH_MAX], err[256];
 	struct timespec now;
 
 	if (s->fd >= 0)
 		close(s->fd);
-	if (s->unbound && write_file(DRIVER_DIR "/bind", s->bdf))
+	snprintf(path, sizeof(path), PCI_DRIVERS "/%s/bind", target.driver);
+	if (s->unbound && nvme_write_file(path, s->bdf))
 		TH_LOG("cannot bind %s again: %s", s->bdf, strerror(errno));
-	if (s->unloaded && access("/sys/module/" MODULE_NAME, F_OK) && load_module())
-		TH_LOG("cannot load %s again", MODULE_NAME);
-	if (s->nr_hugepages[0] && write_file(NR_HUGEPAGES, s->nr_hugepages))
+	if (s->unloaded && nvme_attach(&target, s->bdf, sizeof(s->bdf), err, sizeof(err)))
+		TH_LOG("cannot load %s again: %s", target.driver, err);
+	if (s->nr_hugepages[0] && nvme_write_file(NR_HUGEPAGES, s->nr_hugepages))
 		TH_LOG("cannot restore %s: %s", NR_HUGEPAGES, strerror(errno));
 	clock_gettime(CLOCK_MONOTONIC, &now);
-	if (s->requests)
-		TH_LOG("%llu requests moved %llu KiB in %ld ms", (unsigned long long)s->requests,
+	if (s->ios)
+		TH_LOG("%llu transfers moved %llu KiB in %ld ms", (unsigned long long)s->ios,
 		       (unsigned long long)(s->moved >> 10),
 		       (now.tv_sec - s->start.tv_sec) * 1000 +
 		       (now.tv_nsec - s->start.tv_nsec) / 1000000);
 }
 
-static void trim(char *out, const char *field, size_t len)
-{
-	memcpy(out, field, len);
-	out[len] = 0;
-	while (len && (out[len - 1] == ' ' || !out[len - 1]))
-		out[--len] = 0;
-}
-
-static bool printable(const char *s)
-{
-	for (; *s; s++)
-		if (*s < 0x20 || *s > 0x7e)
-			return false;
-	return true;
-}
-
-TEST_F_TIMEOUT(nvme, info, 60)
+TEST_F_TIMEOUT(nvme, device, 60)
 {
 	struct nvme_state *s = &self->n;
-	struct rust_nvme_info *info = &s->info, again;
-	char serial[21], model[41], firmware[9], path[PATH_MAX], vendor[16];
+	char path[PATH_MAX], value[64], err[256];
+	long long max_kb, max_hw_kb;
+	struct nvme_stats stats;
 	__u64 disk_bytes = 0;
+	unsigned int pbs;
+	struct stat st;
+	int i;
 
-	trim(serial, info->serial, sizeof(info->serial));
-	trim(model, info->model, sizeof(info->model));
-	trim(firmware, info->firmware, sizeof(info->firmware));
-	ksft_print_msg("model \"%s\", serial \"%s\", firmware \"%s\", vendor %#06x, sgl %u\n",
-		       model, serial, firmware, info->pci_vendor, info->sgl);
-	ksft_print_msg("%llu blocks of %u bytes, max_transfer %u, max_request %u\n",
-		       (unsigned long long)info->blocks, info->block_size, info->max_transfer,
-		       info->max_request);
-	ksft_print_msg("max_contiguous %u, %u submission queue entries\n", info->max_contiguous,
-		       info->queue_entries);
+	max_kb = queue_limit("max_sectors_kb");
+	max_hw_kb = queue_limit("max_hw_sectors_kb");
+	ASSERT_EQ(0, read_queue_file("write_cache", value, sizeof(value)));
+	ksft_print_msg("%s at %s: %llu bytes, %llu-byte blocks, %s cache\n", target.dev,
+		       s->bdf, (unsigned long long)s->size, (unsigned long long)s->lbs, value);
+	ksft_print_msg("requests up to %lld KiB (hardware %lld KiB) and %llu segments\n",
+		       max_kb, max_hw_kb, (unsigned long long)s->max_segments);
+	ksft_print_msg("DMA alignment mask %llu\n", (unsigned long long)s->dma_alignment);
 
-	EXPECT_TRUE(serial[0] && printable(serial));
-	EXPECT_TRUE(model[0] && printable(model));
-	EXPECT_TRUE(printable(firmware));
+	ASSERT_EQ(0, stat(target.dev, &st));
+	EXPECT_TRUE(S_ISBLK(st.st_mode));
 	EXPECT_EQ(0, getenv_u64("RUST_NVME_DMA_DISK_BYTES", &disk_bytes))
 		TH_LOG("RUST_NVME_DMA_DISK_BYTES not set to a number");
-	EXPECT_EQ(disk_bytes, info->blocks * info->block_size);
-	EXPECT_LE(4096U, info->max_transfer);
-	EXPECT_EQ(0U, info->max_transfer % info->block_size);
-	EXPECT_LE(info->max_transfer, info->max_request);
-	EXPECT_LE(info->max_contiguous, info->max_request);
-	EXPECT_EQ(1, info->sgl);
-	EXPECT_LE(2U, info->queue_entries);
-	/* At least a segment of SGL data blocks. */
-	EXPECT_LE(256U, info->max_sgl_blocks);
+	EXPECT_EQ(disk_bytes, s->size);
+	EXPECT_EQ(512, s->lbs);
+	ASSERT_EQ(0, ioctl(s->fd, BLKPBSZGET, &pbs));
+	EXPECT_TRUE(pbs >= s->lbs && !(pbs & (pbs - 1))) TH_LOG("physical block size %u", pbs);
+	EXPECT_LE(max_kb, max_hw_kb);
+	/* QEMU's controller has a volatile write cache: flushes must reach it. */
+	EXPECT_STREQ("write back", value);
+	snprintf(path, sizeof(path), PCI_DRIVERS "/%s/%s", target.driver, s->bdf);
+	EXPECT_EQ(0, access(path, F_OK)) TH_LOG("%s not bound to %s", s->bdf, target.driver);
 	EXPECT_LE(0, s->path) TH_LOG("RUST_NVME_DMA_PATH is not iova, direct or bounce");
 
-	/* Identify's VID is the PCI vendor of the function. */
-	ASSERT_EQ(0, find_bdf(s->bdf, sizeof(s->bdf))) TH_LOG("no device bound to " MODULE_NAME);
-	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor", s->bdf);
-	ASSERT_EQ(0, read_file(path, vendor, sizeof(vendor)));
-	EXPECT_EQ(strtoul(vendor, NULL, 16), (unsigned long)info->pci_vendor);
-	ksft_print_msg("PCI device %s\n", s->bdf);
-
-	ASSERT_EQ(0, ioctl(s->fd, RUST_NVME_IOC_INFO, &again));
-	EXPECT_EQ(0, memcmp(info, &again, sizeof(again)));
-}
-
-/* Round trips through user buffers of many sizes, at many places in pages. */
-static void user_round_trips(struct __test_metadata *_metadata, struct nvme_state *s,
-			     __u32 flags)
-{
-	static const unsigned int blocks[] = { 1, 7, 8, 9, 255, 256, 1024 };
-	static const unsigned int prp_offsets[] = { 0, 512, 4 };
-	static const unsigned int sgl_offsets[] = { 0, 512, 4, 1, 3 };
-	const unsigned int *offsets = flags & SGL ? sgl_offsets : prp_offsets;
-	unsigned int nr_offsets = flags & SGL ? 5 : 3, i, j;
-	__u64 bs = s->info.block_size, mt = s->info.max_transfer, len, size;
-	struct rust_nvme_io wio, rio;
-	struct {
-		__u64 len;
-		unsigned int offset;
-	} big[] = {
-		{ mt, 0 },
-		{ mt + bs, flags & SGL ? 1 : 512 },
-		{ 3 * mt + 5 * bs, flags & SGL ? 3 : 4 },
-	};
-	char *wbuf, *rbuf;
-
-	/* The largest request: the last big one or 1024 blocks. */
-	size = request_len(s, max_u64(big[2].len, 1024 * bs), flags) + 2 * NVME_PAGE;
-	wbuf = map(size, PROT_READ | PROT_WRITE);
-	rbuf = map(size, PROT_READ | PROT_WRITE);
-	ASSERT_NE(NULL, wbuf);
-	ASSERT_NE(NULL, rbuf);
-
-	for (i = 0; i < ARRAY_SIZE(blocks) + 4; i++) {
-		/* Then a few random sizes, up to 1024 blocks. */
-		len = i < ARRAY_SIZE(blocks) ? blocks[i] * bs :
-			(1 + random_below(s, 1024)) * bs;
-		len = request_len(s, len, flags);
-		for (j = 0; j < nr_offsets; j++) {
-			unsigned int off = offsets[j];
-
-			/* Random sizes at one place each. */
-			if (i >= ARRAY_SIZE(blocks) &&
-			    j != i % nr_offsets)
-				continue;
-			round_trip(_metadata, s, wbuf + off, rbuf + off, len,
-				   random_lba(s, len), flags, &wio, &rio);
-		}
-	}
-
-	/* Hundreds of pages, in one or more commands. */
-	for (i = 0; i < ARRAY_SIZE(big); i++) {
-		len = request_len(s, big[i].len, flags);
-		round_trip(_metadata, s, wbuf + big[i].offset, rbuf + big[i].offset, len,
-			   random_lba(s, len), flags, &wio, &rio);
-		TH_LOG("%llu bytes at page offset %u: %u commands, %u ranges, %u descs, %u lists",
-		       (unsigned long long)len, big[i].offset, wio.commands, wio.dma_ranges,
-		       wio.descriptors, wio.list_pages);
-		/* 1024 pages in a command take a chained PRP list. */
-		if (!i && !(flags & SGL) && mt / NVME_PAGE > NVME_PAGE / 8 + 1) {
-			EXPECT_LE(2U, wio.list_pages);
-			EXPECT_LE(2U, rio.list_pages);
-		}
-	}
-	munmap(wbuf, size);
-	munmap(rbuf, size);
-}
-
-TEST_F_TIMEOUT(nvme, user_prp, 240)
-{
-	user_round_trips(_metadata, &self->n, 0);
-}
-
-TEST_F_TIMEOUT(nvme, user_sgl, 240)
-{
-	user_round_trips(_metadata, &self->n, SGL);
+	ASSERT_EQ(0, nvme_read_stats(target.stats, &stats, err, sizeof(err))) TH_LOG("%s", err);
+	for (i = 0; i < NVME_NR_STATS; i++)
+		ksft_print_msg("%s %llu\n", nvme_stat_names[i], stats.v[i]);
 }
 
 /*
- * Round trips through @wbuf and @rbuf, each 2 huge pages: a whole huge page
- * for PRPs and for SGLs, which is one DMA range unless bounced, then 2 MiB
- * across the two huge pages, not page aligned.
+ * O_DIRECT round trips of many sizes, from one block to several MiB (split
+ * by the block layer into requests of max_request bytes), at many places in
+ * pages and on the disk.
+ */
+TEST_F_TIMEOUT(nvme, sizes, 120)
+{
+	struct nvme_state *s = &self->n;
+	__u64 bs = s->lbs, mr = s->max_request;
+	__u64 sizes[] = { bs, 2 * bs, 7 * bs, 8 * bs, 9 * bs, 4 * KIB + bs, 64 * KIB, mr - bs,
+			  mr, mr + bs, 3 * mr + 5 * bs, 4 * MIB + 4 * KIB, 6 * MIB + bs,
+			  0, 0, 0, 0 };
+	/* Last: any address O_DIRECT takes, if some is not block aligned. */
+	__u64 offsets[] = { 0, bs, page_size - bs, 3 * bs, s->dma_alignment + 1 };
+	unsigned int nr_offsets = ARRAY_SIZE(offsets) - (s->dma_alignment + 1 == bs);
+	size_t buf_size = MIB;
+	char *wbuf, *rbuf;
+	unsigned int i, j;
+	__u64 len;
+
+	for (i = 0; i < ARRAY_SIZE(sizes); i++)
+		buf_size = sizes[i] > buf_size ? sizes[i] : buf_size;
+	buf_size += page_size;
+	wbuf = map(buf_size, PROT_READ | PROT_WRITE);
+	rbuf = map(buf_size, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(wbuf && rbuf);
+	stats_begin(_metadata, s);
+	for (i = 0; i < ARRAY_SIZE(sizes); i++) {
+		/* The zeros: random sizes up to 1 MiB. */
+		len = sizes[i] ?: (1 + random_below(s, MIB / bs)) * bs;
+		for (j = 0; j < nr_offsets; j++) {
+			/* Above 64 KiB, one place each. */
+			if (len > 64 * KIB && j != i % nr_offsets)
+				continue;
+			ASSERT_TRUE(round_trip(_metadata, s, wbuf + offsets[j], rbuf + offsets[j],
+					       len, random_pos(s, len)));
+		}
+	}
+	stats_check(_metadata, s, true);
+	munmap(wbuf, buf_size);
+	munmap(rbuf, buf_size);
+}
+
+/*
+ * Requests the block layer does not split, counted exactly: a request and
+ * a mapping on the expected DMA path each, one IOVA range and one IOTLB
+ * sync each on the IOVA path.
+ */
+TEST_F_TIMEOUT(nvme, dma_path, 60)
+{
+	struct nvme_state *s = &self->n;
+	__u64 len = min_u64(min_u64(64 * KIB, s->max_request), s->max_segments * page_size);
+	unsigned int i, rounds = 8;
+	unsigned long long *d = s->delta.v;
+	char *wbuf, *rbuf;
+
+	len -= len % page_size;
+	wbuf = map(len, PROT_READ | PROT_WRITE);
+	rbuf = map(len, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(wbuf && rbuf);
+	stats_begin(_metadata, s);
+	/* Page aligned on the disk too: requests are cut at physical blocks. */
+	for (i = 0; i < rounds; i++)
+		ASSERT_TRUE(round_trip(_metadata, s, wbuf, rbuf, len,
+				       random_pos(s, len) / page_size * page_size));
+	stats_check(_metadata, s, true);
+	ASSERT_LE(0, s->path);
+	ksft_print_msg("%u requests of %llu bytes: %llu %s, %llu DMA ranges, %llu IOTLB syncs\n",
+		       2 * rounds, (unsigned long long)len, d[s->path], nvme_stat_names[s->path],
+		       d[STAT_DMA_RANGES], d[STAT_IOTLB_SYNCS]);
+	EXPECT_EQ(2 * rounds, d[STAT_REQUESTS]);
+	EXPECT_EQ(2 * rounds, d[s->path]);
+	EXPECT_EQ(0, d[STAT_FLUSHES]);
+	EXPECT_EQ(0, d[STAT_DISCARDS]);
+	EXPECT_EQ(0, d[STAT_WRITE_ZEROES]);
+	munmap(wbuf, len);
+	munmap(rbuf, len);
+}
+
+/*
+ * Heap memory: posix_memalign()ed buffers, and malloc()ed ones small enough
+ * to come from the brk heap, block aligned.
+ */
+TEST_F_TIMEOUT(nvme, heap, 60)
+{
+	struct nvme_state *s = &self->n;
+	__u64 lens[] = { s->lbs, 37 * s->lbs, 64 * KIB, 300 * KIB, MIB + s->lbs };
+	size_t size = MIB + 2 * page_size, small = 64 * KIB + 3 * s->lbs;
+	char *aligned_w, *aligned_r, *heap_w, *heap_r, *w, *r;
+	unsigned int i;
+
+	ASSERT_EQ(0, posix_memalign((void **)&aligned_w, page_size, size));
+	ASSERT_EQ(0, posix_memalign((void **)&aligned_r, page_size, size));
+	heap_w = malloc(small);
+	heap_r = malloc(small);
+	ASSERT_TRUE(heap_w && heap_r);
+	/* Whatever malloc() gave, at the next block boundary and one further. */
+	w = (char *)(((uintptr_t)heap_w + s->lbs - 1) & ~(uintptr_t)(s->lbs - 1)) + s->lbs;
+	r = (char *)(((uintptr_t)heap_r + s->lbs - 1) & ~(uintptr_t)(s->lbs - 1));
+	stats_begin(_metadata, s);
+	for (i = 0; i < ARRAY_SIZE(lens); i++) {
+		ASSERT_TRUE(round_trip(_metadata, s, aligned_w, aligned_r + (i % 2) * s->lbs,
+				       lens[i], random_pos(s, lens[i])));
+		if (lens[i] <= 64 * KIB)
+			ASSERT_TRUE(round_trip(_metadata, s, w, r, lens[i],
+					       random_pos(s, lens[i])));
+	}
+	stats_check(_metadata, s, true);
+	free(aligned_w);
+	free(aligned_r);
+	free(heap_w);
+	free(heap_r);
+}
+
+/*
+ * Round trips through @wbuf and @rbuf, each two huge pages: a whole huge
+ * page (on the direct path one DMA range per request: each lies in one
+ * physically contiguous page), then 2 MiB across the two huge pages at a
+ * block offset, then both.
  */
 static void huge_round_trips(struct __test_metadata *_metadata, struct nvme_state *s,
 			     char *wbuf, char *rbuf)
 {
-	static const struct {
-		__u64 offset;
-		__u32 flags;
+	const struct {
+		__u64 offset, len;
 	} pieces[] = {
-		{ 0, 0 },
-		{ HUGE_SIZE, SGL },
-		{ HUGE_SIZE / 2 + 512, 0 },
-		{ HUGE_SIZE / 2 + 1, SGL },
+		{ 0, HUGE_SIZE },
+		{ HUGE_SIZE / 2 + s->lbs, HUGE_SIZE },
+		{ 0, 2 * HUGE_SIZE },
 	};
-	struct rust_nvme_io wio, rio;
+	unsigned long long *d = s->delta.v;
 	unsigned int i;
-	__u64 len;
+	__u64 pos;
 
 	for (i = 0; i < ARRAY_SIZE(pieces); i++) {
-		len = request_len(s, HUGE_SIZE, pieces[i].flags);
-		round_trip(_metadata, s, wbuf + pieces[i].offset, rbuf + pieces[i].offset, len,
-			   random_lba(s, len), pieces[i].flags, &wio, &rio);
-		TH_LOG("%llu bytes at offset %llu, %s: %u DMA ranges, %u descriptors",
-		       (unsigned long long)len, (unsigned long long)pieces[i].offset,
-		       pieces[i].flags & SGL ? "sgl" : "prp", wio.dma_ranges, wio.descriptors);
-		if (pieces[i].offset % HUGE_SIZE || s->path == RUST_NVME_PATH_BOUNCE)
+		pos = random_below(s, s->size / HUGE_SIZE - 1) * HUGE_SIZE;
+		stats_begin(_metadata, s);
+		ASSERT_TRUE(round_trip(_metadata, s, wbuf + pieces[i].offset,
+				       rbuf + pieces[i].offset, pieces[i].len, pos));
+		stats_check(_metadata, s, true);
+		if (i || s->path != STAT_MAPPINGS_DIRECT)
 			continue;
-		EXPECT_EQ(1U, wio.dma_ranges);
-		EXPECT_EQ(1U, rio.dma_ranges);
+		EXPECT_EQ(d[STAT_MAPPINGS_DIRECT], d[STAT_DMA_RANGES])
+			TH_LOG("a request within a huge page is one physical range");
 	}
 }
 
-TEST_F_TIMEOUT(nvme, user_thp, 120)
+TEST_F_TIMEOUT(nvme, thp, 60)
 {
 	struct nvme_state *s = &self->n;
 	size_t size = 3 * HUGE_SIZE;
-	char *areas[2], *bufs[2];
+	char value[128], *areas[2], *bufs[2];
 	long kb;
 	int i;
 
+	ASSERT_EQ(0, read_file(THP_ENABLED, value, sizeof(value)));
+	ASSERT_EQ(NULL, strstr(value, "[never]")) TH_LOG("THP disabled: %s", value);
 	for (i = 0; i < 2; i++) {
 		areas[i] = map(size, PROT_READ | PROT_WRITE);
 		ASSERT_NE(NULL, areas[i]);
@@ -746,7 +682,7 @@ TEST_F_TIMEOUT(nvme, user_thp, 120)
 		memset(bufs[i], 0x5a, 2 * HUGE_SIZE);
 		kb = smaps_kb(bufs[i], "AnonHugePages:");
 		TH_LOG("buffer %d: AnonHugePages %ld kB", i, kb);
-		/* Both huge pages, or the single range checks would not hold. */
+		/* Both huge pages, or the single range check would not hold. */
 		ASSERT_EQ((long)(2 * HUGE_SIZE >> 10), kb) TH_LOG("no transparent huge pages");
 	}
 	huge_round_trips(_metadata, s, bufs[0], bufs[1]);
@@ -754,7 +690,7 @@ TEST_F_TIMEOUT(nvme, user_thp, 120)
 		munmap(areas[i], size);
 }
 
-TEST_F_TIMEOUT(nvme, user_hugetlb, 120)
+TEST_F_TIMEOUT(nvme, hugetlb, 60)
 {
 	struct nvme_state *s = &self->n;
 	size_t size = 2 * HUGE_SIZE;
@@ -762,11 +698,9 @@ TEST_F_TIMEOUT(nvme, user_hugetlb, 120)
 	int i;
 
 	ASSERT_EQ(0, read_file(NR_HUGEPAGES, s->nr_hugepages, sizeof(s->nr_hugepages)));
-	ASSERT_EQ(0, write_file(NR_HUGEPAGES, "8"))
+	ASSERT_EQ(0, nvme_write_file(NR_HUGEPAGES, "8"))
 		TH_LOG("%s: %s", NR_HUGEPAGES, strerror(errno));
 	ASSERT_EQ(0, read_file(NR_HUGEPAGES, value, sizeof(value)));
-	value[strcspn(value, "\n")] = 0;
-	s->nr_hugepages[strcspn(s->nr_hugepages, "\n")] = 0;
 	TH_LOG("nr_hugepages %s (was %s)", value, s->nr_hugepages);
 	for (i = 0; i < 2; i++) {
 		bufs[i] = mmap(NULL, size, PROT_READ | PROT_WRITE,
@@ -780,441 +714,592 @@ TEST_F_TIMEOUT(nvme, user_hugetlb, 120)
 		munmap(bufs[i], size);
 }
 
-/* SGL segments for @n data blocks: 256 descriptors a page, one chaining. */
-static __u32 sgl_segments(__u32 n)
-{
-	if (n <= 1)
-		return 0;
-	return n <= 256 ? 1 : (n - 1 + 254) / 255;
-}
-
 /*
- * Buffers whose pages are faulted in from the last to the first, so that no
- * page is physically followed by the next one of the buffer: on the direct
- * path an SGL takes one data block per page, more than a segment holds, so
- * segments are chained and commands end at max_sgl_blocks.
+ * Buffers whose pages are not physically adjacent: every other page of a
+ * mapping twice as large, moved together with mremap(), and pages faulted in
+ * from the last to the first. On the direct path, every physical run of
+ * pages is a DMA range of its own.
  */
-TEST_F_TIMEOUT(nvme, user_scattered, 120)
-{
-	static const __u32 flags[] = { SGL, 0 };
-	struct nvme_state *s = &self->n;
-	__u64 len = request_len(s, s->info.max_transfer, 0);
-	struct rust_nvme_io wio, rio;
-	__u32 blocks;
-	char *bufs[2];
-	unsigned int i;
-	size_t off;
-
-	for (i = 0; i < 2; i++) {
-		bufs[i] = map(len, PROT_READ | PROT_WRITE);
-		ASSERT_NE(NULL, bufs[i]);
-		ASSERT_EQ(0, madvise(bufs[i], len, MADV_NOHUGEPAGE));
-		for (off = len; off >= NVME_PAGE; off -= NVME_PAGE)
-			bufs[i][off - NVME_PAGE] = 1;
-	}
-	for (i = 0; i < ARRAY_SIZE(flags); i++) {
-		round_trip(_metadata, s, bufs[0], bufs[1], len, random_lba(s, len), flags[i],
-			   &wio, &rio);
-		TH_LOG("%llu bytes, %s: %u DMA ranges, %u descriptors, %u list pages",
-		       (unsigned long long)len, flags[i] & SGL ? "sgl" : "prp",
-		       wio.dma_ranges, wio.descriptors, wio.list_pages);
-		if (s->path != RUST_NVME_PATH_DIRECT || !(flags[i] & SGL))
-			continue;
-		/* Page-sized ranges: commands end on them, max_sgl_blocks each. */
-		blocks = s->info.max_sgl_blocks;
-		EXPECT_LT(blocks, wio.dma_ranges);
-		EXPECT_EQ(wio.dma_ranges, wio.descriptors);
-		EXPECT_EQ((wio.dma_ranges + blocks - 1) / blocks, wio.commands);
-		EXPECT_EQ(wio.dma_ranges / blocks * sgl_segments(blocks) +
-			  sgl_segments(wio.dma_ranges % blocks), wio.list_pages);
-	}
-	for (i = 0; i < 2; i++)
-		munmap(bufs[i], len);
-}
-
-/*
- * Round trips through the sample's kernel buffers of type @kind, with PRPs
- * and SGLs; the last and longest only with @last_sgl, to save time.
- */
-static void kernel_round_trips(struct __test_metadata *_metadata, struct nvme_state *s,
-			       __u32 kind, const __u64 *lens, unsigned int nr_lens,
-			       __u32 last_sgl)
-{
-	/* The user buffer is only copied; bad_requests has PRPs from odd places. */
-	static const unsigned int prp_offsets[] = { 0, 512, 4 };
-	static const unsigned int sgl_offsets[] = { 0, 1, 3 };
-	struct rust_nvme_io wio, rio;
-	__u64 size = 0, len;
-	unsigned int i, off;
-	char *wbuf, *rbuf;
-	__u32 flags;
-
-	for (i = 0; i < nr_lens; i++)
-		size = lens[i] > size ? lens[i] : size;
-	size += NVME_PAGE;
-	wbuf = map(size, PROT_READ | PROT_WRITE);
-	rbuf = map(size, PROT_READ | PROT_WRITE);
-	ASSERT_NE(NULL, wbuf);
-	ASSERT_NE(NULL, rbuf);
-	for (i = 0; i < 2 * nr_lens; i++) {
-		flags = kind | (i % 2 ? SGL : 0);
-		len = lens[i / 2];
-		if (i / 2 == nr_lens - 1 && (flags & SGL) != last_sgl)
-			continue;
-		off = i % 2 ? sgl_offsets[i / 2 % 3] : prp_offsets[i / 2 % 3];
-		round_trip(_metadata, s, wbuf + off, rbuf + off, len, random_lba(s, len), flags,
-			   &wio, &rio);
-		if (i / 2 == nr_lens - 1)
-			TH_LOG("%llu bytes, %s: %u commands, %u DMA ranges, %u descriptors",
-			       (unsigned long long)len, flags & SGL ? "sgl" : "prp", wio.commands,
-			       wio.dma_ranges, wio.descriptors);
-	}
-	munmap(wbuf, size);
-	munmap(rbuf, size);
-}
-
-TEST_F_TIMEOUT(nvme, kernel_vmalloc, 120)
+TEST_F_TIMEOUT(nvme, scattered, 60)
 {
 	struct nvme_state *s = &self->n;
-	__u64 bs = s->info.block_size;
-	__u64 lens[] = { bs, 7 * bs, 8 * bs, 9 * bs, 255 * bs, 1024 * bs,
-			 s->info.max_transfer + bs };
-	unsigned int i;
+	size_t pages = 64, len = pages * page_size, i;
+	unsigned long long *d = s->delta.v;
+	char *source, *wbuf, *rbuf;
+	long runs;
+	void *moved;
 
-	for (i = 0; i < ARRAY_SIZE(lens); i++)
-		lens[i] = request_len(s, lens[i], VMALLOC);
-	kernel_round_trips(_metadata, s, VMALLOC, lens, ARRAY_SIZE(lens), SGL);
-}
-
-TEST_F_TIMEOUT(nvme, kernel_contiguous, 120)
-{
-	struct nvme_state *s = &self->n;
-	__u64 bs = s->info.block_size;
-	__u64 lens[] = { bs, 7 * bs, 8 * bs, 9 * bs, 255 * bs, 1024 * bs,
-			 s->info.max_contiguous };
-	unsigned int i;
-
-	for (i = 0; i < ARRAY_SIZE(lens); i++)
-		lens[i] = request_len(s, lens[i], CONTIGUOUS);
-	kernel_round_trips(_metadata, s, CONTIGUOUS, lens, ARRAY_SIZE(lens), 0);
-}
-
-/* Buffers of bad_requests. */
-struct bad_bufs {
-	char *guard, *back, *wbuf, *rbuf, *data;
-	__u64 data_len;
-	__u64 scratch_lba;
-	int failed;
-};
-
-/*
- * A request that must fail with @err, without writing to the blocks from
- * @guard (written with random data first), after which the device still
- * does a round trip.
- */
-static void expect_error(struct __test_metadata *_metadata, struct nvme_state *s,
-			 struct bad_bufs *b, unsigned long cmd, void *buf, __u64 len, __u64 lba,
-			 __u32 flags, int err, __u64 guard)
-{
-	struct rust_nvme_io io = {
-		.addr = (uintptr_t)buf, .len = len, .lba = lba, .flags = flags,
-	};
-	__u64 glen = GUARD_BLOCKS * s->info.block_size;
-	char what[256];
-	int ret;
-
-	describe(what, sizeof(what), cmd, &io);
-	fill_random(b->guard, glen, &s->rng);
-	ASSERT_EQ(0, checked_io(_metadata, s, WRITE, b->guard, glen, guard, 0, NULL));
-	ret = do_io(s->fd, cmd, buf, len, lba, flags, NULL);
-	b->failed++;
-	EXPECT_EQ(-err, ret) TH_LOG("%s: %s, expected %s", what, ret ? strerror(-ret) : "success",
-				    strerror(err));
-	ASSERT_EQ(0, checked_io(_metadata, s, READ, b->back, glen, guard, 0, NULL))
-		TH_LOG("after %s", what);
-	EXPECT_TRUE(same(_metadata, b->guard, b->back, glen, guard * s->info.block_size,
-			 "blocks after a failed request")) TH_LOG("%s", what);
-	round_trip(_metadata, s, b->wbuf, b->rbuf, 8 * s->info.block_size, b->scratch_lba, 0,
-		   NULL, NULL);
-}
-
-TEST_F_TIMEOUT(nvme, bad_requests, 180)
-{
-	struct nvme_state *s = &self->n;
-	__u64 bs = s->info.block_size, blocks = s->info.blocks, mr = s->info.max_request;
-	__u64 mc = s->info.max_contiguous, lba, last = blocks - GUARD_BLOCKS;
-	static const __u32 kinds[] = { 0, SGL, VMALLOC, CONTIGUOUS };
-	static const unsigned long cmds[] = { WRITE, READ };
-	struct rust_nvme_stats before, after;
-	struct bad_bufs b = { 0 };
-	char *unmapped, *hole, *ro;
-	unsigned int i, j;
-
-	/* Or the hole below would be too large for CONTIGUOUS. */
-	ASSERT_LE(4 * NVME_PAGE, mc);
-	ASSERT_EQ(0, get_stats(s->fd, &before));
-	b.guard = map(GUARD_BLOCKS * bs, PROT_READ | PROT_WRITE);
-	b.back = map(GUARD_BLOCKS * bs, PROT_READ | PROT_WRITE);
-	b.wbuf = map(8 * bs + NVME_PAGE, PROT_READ | PROT_WRITE);
-	b.rbuf = map(8 * bs + NVME_PAGE, PROT_READ | PROT_WRITE);
-	/* Lazily allocated: only requests that fail use the end of it. */
-	b.data_len = mr + 2 * bs;
-	b.data = map(b.data_len, PROT_READ | PROT_WRITE);
-	ASSERT_TRUE(b.guard && b.back && b.wbuf && b.rbuf && b.data);
-	memset(b.data, 0x5a, 16 * bs);
-	b.scratch_lba = random_lba(s, 8 * bs);
-	lba = random_lba(s, GUARD_BLOCKS * bs);
-
-	for (i = 0; i < 2; i++) {
-		expect_error(_metadata, s, &b, cmds[i], b.data, 0, lba, 0, EINVAL, lba);
-		expect_error(_metadata, s, &b, cmds[i], b.data, bs + 1, lba, 0, EINVAL, lba);
-		expect_error(_metadata, s, &b, cmds[i], b.data, bs, lba, 1U << 31, EINVAL, lba);
-		expect_error(_metadata, s, &b, cmds[i], b.data, bs, lba, 1U << 3, EINVAL, lba);
-		expect_error(_metadata, s, &b, cmds[i], b.data, bs, lba, VMALLOC | CONTIGUOUS,
-			     EINVAL, lba);
-		/* PRPs need dword-aligned memory. */
-		expect_error(_metadata, s, &b, cmds[i], b.data + 2, 2 * bs, lba, 0, EINVAL, lba);
-		/* Past the end of the disk, overflowing or not. */
-		expect_error(_metadata, s, &b, cmds[i], b.data, bs, blocks, 0, ERANGE, last);
-		expect_error(_metadata, s, &b, cmds[i], b.data, 2 * bs, blocks - 1, 0, ERANGE,
-			     last);
-		expect_error(_metadata, s, &b, cmds[i], b.data, 2 * bs, UINT64_MAX - 1, 0, ERANGE,
-			     0);
-		expect_error(_metadata, s, &b, cmds[i], b.data, bs, UINT64_MAX / bs + 1, 0, ERANGE,
-			     0);
-		/* At block 0, within the disk if not within limits. */
-		expect_error(_metadata, s, &b, cmds[i], b.data, mr + bs, 0, 0, E2BIG, 0);
-		expect_error(_metadata, s, &b, cmds[i], b.data, mr + bs, 0, SGL, E2BIG, 0);
-		expect_error(_metadata, s, &b, cmds[i], b.data, mc + bs, 0, CONTIGUOUS, E2BIG, 0);
+	source = map(2 * len, PROT_READ | PROT_WRITE);
+	wbuf = mmap(NULL, len, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	rbuf = map(len, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(source && wbuf != MAP_FAILED && rbuf);
+	ASSERT_EQ(0, madvise(source, 2 * len, MADV_NOHUGEPAGE));
+	ASSERT_EQ(0, madvise(rbuf, len, MADV_NOHUGEPAGE));
+	memset(source, 0x5a, 2 * len);
+	for (i = 0; i < pages; i++) {
+		moved = mremap(source + 2 * i * page_size, page_size, page_size,
+			       MREMAP_MAYMOVE | MREMAP_FIXED, wbuf + i * page_size);
+		ASSERT_EQ(wbuf + i * page_size, moved) TH_LOG("mremap: %s", strerror(errno));
 	}
+	for (i = pages; i; i--)
+		rbuf[(i - 1) * page_size] = 1;
 
-	/* The PRP-misaligned buffer is fine with SGLs, and copied to kernel buffers. */
-	round_trip(_metadata, s, b.wbuf + 2, b.rbuf + 2, 8 * bs, lba, SGL, NULL, NULL);
-	round_trip(_metadata, s, b.wbuf + 2, b.rbuf + 2, 8 * bs, lba, VMALLOC, NULL, NULL);
-	round_trip(_metadata, s, b.wbuf + 2, b.rbuf + 2, 8 * bs, lba, CONTIGUOUS, NULL, NULL);
-	/* A failed read leaves its buffer alone. */
-	fill_random(b.wbuf, 8 * bs, &s->rng);
-	memcpy(b.rbuf, b.wbuf, 8 * bs);
-	EXPECT_EQ(-EINVAL, do_io(s->fd, READ, b.rbuf + 2, 2 * bs, lba, 0, NULL));
-	b.failed++;
-	EXPECT_TRUE(same(_metadata, b.wbuf, b.rbuf, 8 * bs, 0, "buffer of a failed read"));
+	TH_LOG("%zu pages each: %ld and %ld physical runs", pages, phys_runs(wbuf, len),
+	       phys_runs(rbuf, len));
+	ASSERT_LT(1, phys_runs(wbuf, len)) TH_LOG("no PFNs in /proc/self/pagemap, or contiguous");
+	ASSERT_LT(1, phys_runs(rbuf, len)) TH_LOG("no PFNs in /proc/self/pagemap, or contiguous");
+	runs = phys_runs(wbuf, len) + phys_runs(rbuf, len);
 
-	/* Memory that is not there, wholly or after its first page. */
-	unmapped = map(2 * NVME_PAGE, PROT_READ | PROT_WRITE);
-	hole = map(4 * NVME_PAGE, PROT_READ | PROT_WRITE);
-	ASSERT_NE(NULL, unmapped);
-	ASSERT_NE(NULL, hole);
-	ASSERT_EQ(0, munmap(unmapped, 2 * NVME_PAGE));
-	memset(hole, 0x5a, 4 * NVME_PAGE);
-	ASSERT_EQ(0, munmap(hole + 2 * NVME_PAGE, NVME_PAGE));
-	for (i = 0; i < 2; i++) {
-		for (j = 0; j < ARRAY_SIZE(kinds); j++) {
-			expect_error(_metadata, s, &b, cmds[i], unmapped, 2 * bs, lba, kinds[j],
-				     EFAULT, lba);
-			expect_error(_metadata, s, &b, cmds[i], NULL, 2 * bs, lba, kinds[j],
-				     EFAULT, lba);
-			expect_error(_metadata, s, &b, cmds[i], hole, 4 * NVME_PAGE, lba,
-				     kinds[j], EFAULT, lba);
-		}
-	}
-
-	/* The device may read a read-only buffer, not write it. */
-	ro = map(4 * NVME_PAGE, PROT_READ);
-	ASSERT_NE(NULL, ro);
-	for (j = 0; j < ARRAY_SIZE(kinds); j++) {
-		expect_error(_metadata, s, &b, READ, ro, 2 * bs, lba, kinds[j], EFAULT, lba);
-		fill_random(b.rbuf, 2 * bs, &s->rng);
-		ASSERT_EQ(0, checked_io(_metadata, s, WRITE, ro, 2 * bs, lba, kinds[j], NULL));
-		ASSERT_EQ(0, checked_io(_metadata, s, READ, b.rbuf, 2 * bs, lba, 0, NULL));
-		memset(b.wbuf, 0, 2 * bs);
-		EXPECT_TRUE(same(_metadata, b.wbuf, b.rbuf, 2 * bs, 0, "read-only buffer written"));
-	}
-
-	/* Neither requests nor counted as such. */
-	EXPECT_EQ(-1, ioctl(s->fd, _IO('|', 0xaf)));
-	EXPECT_EQ(ENOTTY, errno);
-	EXPECT_EQ(-1, ioctl(s->fd, _IOWR('|', 0xa1, __u64), b.data));
-	EXPECT_EQ(ENOTTY, errno);
-	EXPECT_EQ(-1, ioctl(s->fd, RUST_NVME_IOC_WRITE, NULL));
-	EXPECT_EQ(EFAULT, errno);
-	EXPECT_EQ(-1, ioctl(s->fd, RUST_NVME_IOC_INFO, NULL));
-	EXPECT_EQ(EFAULT, errno);
-	round_trip(_metadata, s, b.wbuf, b.rbuf, 8 * bs, b.scratch_lba, SGL, NULL, NULL);
-
-	ASSERT_EQ(0, get_stats(s->fd, &after));
-	TH_LOG("%d failed requests, failed_requests %llu -> %llu", b.failed,
-	       (unsigned long long)before.failed_requests,
-	       (unsigned long long)after.failed_requests);
-	EXPECT_EQ(before.failed_requests + b.failed, after.failed_requests);
-	munmap(ro, 4 * NVME_PAGE);
-	munmap(hole, 4 * NVME_PAGE);
-	munmap(b.data, b.data_len);
-	munmap(b.guard, GUARD_BLOCKS * bs);
-	munmap(b.back, GUARD_BLOCKS * bs);
-	munmap(b.wbuf, 8 * bs + NVME_PAGE);
-	munmap(b.rbuf, 8 * bs + NVME_PAGE);
-}
-
-TEST_F(nvme, stats)
-{
-	struct nvme_state *s = &self->n;
-	struct rust_nvme_stats before, after;
-	struct rust_nvme_io wio, rio;
-	__u64 len = 5 * NVME_PAGE, lba = random_lba(s, len);
-	char *wbuf = map(len, PROT_READ | PROT_WRITE);
-	char *rbuf = map(len, PROT_READ | PROT_WRITE);
-	int i;
-
-	ASSERT_TRUE(wbuf && rbuf);
-	fill_random(wbuf, len, &s->rng);
-	fill_random(rbuf, len, &s->rng);
-	ASSERT_EQ(0, get_stats(s->fd, &before));
-	ASSERT_EQ(0, checked_io(_metadata, s, WRITE, wbuf, len, lba, 0, &wio));
-	ASSERT_EQ(0, checked_io(_metadata, s, READ, rbuf, len, lba, SGL, &rio));
-	ASSERT_EQ(0, get_stats(s->fd, &after));
-	EXPECT_TRUE(same(_metadata, wbuf, rbuf, len, 0, "read back"));
-
-	EXPECT_EQ(before.commands + wio.commands + rio.commands, after.commands);
-	EXPECT_EQ(before.bytes_written + len, after.bytes_written);
-	EXPECT_EQ(before.bytes_read + len, after.bytes_read);
-	EXPECT_EQ(before.mappings + 2, after.mappings);
-	EXPECT_EQ(before.dma_ranges + wio.dma_ranges + rio.dma_ranges, after.dma_ranges);
-	ASSERT_LE(0, s->path) TH_LOG("RUST_NVME_DMA_PATH is not iova, direct or bounce");
-	/* The harness's EXPECT_*() are not single statements. */
-	for (i = 0; i < RUST_NVME_PATHS; i++) {
-		EXPECT_EQ(before.paths[i] + (i == s->path ? 2 : 0), after.paths[i])
-			TH_LOG("mappings on path %d", i);
-	}
-	EXPECT_EQ(before.iova_syncs + (s->path == RUST_NVME_PATH_IOVA ? 2 : 0), after.iova_syncs);
-	EXPECT_EQ(before.prp_entries + wio.descriptors, after.prp_entries);
-	EXPECT_EQ(before.prp_list_pages + wio.list_pages, after.prp_list_pages);
-	EXPECT_EQ(before.sgl_descriptors + rio.descriptors, after.sgl_descriptors);
-	EXPECT_EQ(before.sgl_segments + rio.list_pages, after.sgl_segments);
-	EXPECT_EQ(before.failed_requests, after.failed_requests);
+	stats_begin(_metadata, s);
+	ASSERT_TRUE(round_trip(_metadata, s, wbuf, rbuf, len, random_pos(s, len)));
+	stats_check(_metadata, s, true);
+	if (s->path == STAT_MAPPINGS_DIRECT)
+		EXPECT_LE(runs, d[STAT_DMA_RANGES]);
+	stats_begin(_metadata, s);
+	ASSERT_TRUE(round_trip(_metadata, s, wbuf + s->lbs, rbuf + 3 * s->lbs,
+			       len - 4 * s->lbs, random_pos(s, len)));
+	stats_check(_metadata, s, true);
+	munmap(source, 2 * len);
 	munmap(wbuf, len);
 	munmap(rbuf, len);
 }
 
-/* What the child of unbind_in_flight saw. */
-struct unbind_log {
-	int ok, enodev;
+/*
+ * Page-cache pages as the buffers: a shared mapping of a tmpfs file. What
+ * the device wrote into the pages is what the file holds.
+ */
+TEST_F_TIMEOUT(nvme, page_cache, 60)
+{
+	struct nvme_state *s = &self->n;
+	size_t len = MIB - s->lbs, file_size = 2 * MIB + 4 * page_size;
+	char path[] = "/tmp/nvme_dma.XXXXXX", *file, *wbuf, *rbuf, *check;
+	__u64 pos = random_pos(s, len);
+	int fd;
+
+	fd = mkstemp(path);
+	ASSERT_LE(0, fd) TH_LOG("mkstemp: %s", strerror(errno));
+	unlink(path);
+	ASSERT_EQ(0, ftruncate(fd, file_size));
+	file = mmap(NULL, file_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	check = map(len, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(file != MAP_FAILED && check);
+	wbuf = file + page_size;
+	rbuf = file + MIB + 2 * page_size + s->lbs;
+
+	stats_begin(_metadata, s);
+	ASSERT_TRUE(round_trip(_metadata, s, wbuf, rbuf, len, pos));
+	stats_check(_metadata, s, true);
+	ASSERT_EQ((ssize_t)len, pread(fd, check, len, rbuf - file));
+	EXPECT_TRUE(same(_metadata, wbuf, check, len, 0, "file read after the device wrote"));
+	munmap(file, file_size);
+	munmap(check, len);
+	close(fd);
+}
+
+/*
+ * Vectored I/O: written from segments of many sizes and places, one longer
+ * than a request, read back through other segments; then many one-block
+ * segments, a request's worth of segments and more.
+ */
+TEST_F_TIMEOUT(nvme, vectors, 60)
+{
+	struct nvme_state *s = &self->n;
+	__u64 bs = s->lbs, offsets[] = { 0, bs, 2 * bs, 0, page_size - bs, 0 };
+	__u64 lens[] = { bs, 8 * bs, 3 * bs, 64 * KIB, 5 * bs, s->max_request + bs };
+	__u64 read_lens[] = { 9 * bs, 64 * KIB - bs };
+	struct iovec wv[ARRAY_SIZE(lens)], rv[ARRAY_SIZE(read_lens) + 1];
+	size_t size = s->max_request + 2 * page_size, total = 0, done, small_size;
+	unsigned int i, nr_small = min_u64(2 * s->max_segments + 3, IOV_MAX);
+	char *wbufs[ARRAY_SIZE(lens)], *rbufs[ARRAY_SIZE(rv)], *want, *got;
+	char *small_w, *small_r;
+	struct iovec *small;
+	__u64 pos;
+
+	for (i = 0; i < ARRAY_SIZE(lens); i++) {
+		wbufs[i] = map(size, PROT_READ | PROT_WRITE);
+		ASSERT_NE(NULL, wbufs[i]);
+		wv[i] = (struct iovec){ wbufs[i] + offsets[i], lens[i] };
+		fill_random(wv[i].iov_base, lens[i], &s->rng);
+		total += lens[i];
+	}
+	want = map(total, PROT_READ | PROT_WRITE);
+	got = map(total, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(want && got);
+	for (i = 0, done = 0; i < ARRAY_SIZE(lens); done += lens[i++])
+		memcpy(want + done, wv[i].iov_base, lens[i]);
+	/* The last read segment takes the rest. */
+	for (i = 0, done = 0; i < ARRAY_SIZE(rv); i++) {
+		rbufs[i] = map(total + page_size, PROT_READ | PROT_WRITE);
+		ASSERT_NE(NULL, rbufs[i]);
+		rv[i].iov_base = rbufs[i] + (i + 1) * bs;
+		rv[i].iov_len = i < ARRAY_SIZE(read_lens) ? read_lens[i] : total - done;
+		done += rv[i].iov_len;
+	}
+
+	stats_begin(_metadata, s);
+	pos = random_pos(s, total);
+	ASSERT_EQ((ssize_t)total, pwritev(s->fd, wv, ARRAY_SIZE(wv), pos))
+		TH_LOG("pwritev: %s", strerror(errno));
+	count_io(s, true, total);
+	ASSERT_EQ((ssize_t)total, preadv(s->fd, rv, ARRAY_SIZE(rv), pos))
+		TH_LOG("preadv: %s", strerror(errno));
+	count_io(s, false, total);
+	for (i = 0, done = 0; i < ARRAY_SIZE(rv); done += rv[i++].iov_len)
+		memcpy(got + done, rv[i].iov_base, rv[i].iov_len);
+	EXPECT_TRUE(same(_metadata, want, got, total, 0, "read back through other segments"));
+
+	/* Every other block of a buffer: more segments than a request takes. */
+	small_size = 2 * nr_small * bs;
+	small = calloc(nr_small, sizeof(*small));
+	small_w = map(small_size, PROT_READ | PROT_WRITE);
+	small_r = map(small_size, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(small && small_w && small_r);
+	fill_random(small_w, small_size, &s->rng);
+	for (i = 0; i < nr_small; i++)
+		small[i] = (struct iovec){ small_w + 2 * i * bs, bs };
+	pos = random_pos(s, nr_small * bs);
+	ASSERT_EQ((ssize_t)(nr_small * bs), pwritev(s->fd, small, nr_small, pos))
+		TH_LOG("pwritev of %u segments: %s", nr_small, strerror(errno));
+	count_io(s, true, nr_small * bs);
+	ASSERT_TRUE(dio(_metadata, s, false, small_r, nr_small * bs, pos));
+	for (i = 0; i < nr_small; i++) {
+		ASSERT_TRUE(same(_metadata, small[i].iov_base, small_r + i * bs, bs, i * bs,
+				 "segment read back"));
+	}
+	stats_check(_metadata, s, true);
+
+	free(small);
+	munmap(small_w, small_size);
+	munmap(small_r, small_size);
+	for (i = 0; i < ARRAY_SIZE(wbufs); i++)
+		munmap(wbufs[i], size);
+	for (i = 0; i < ARRAY_SIZE(rbufs); i++)
+		munmap(rbufs[i], total + page_size);
+	munmap(want, total);
+	munmap(got, total);
+}
+
+/*
+ * Buffered I/O, through the block device's page cache: written at an
+ * unaligned place, synced (a flush reaches the write cache), dropped from
+ * the cache and read again from the device; then an O_DIRECT write, seen by
+ * the next buffered read.
+ */
+TEST_F_TIMEOUT(nvme, buffered, 60)
+{
+	struct nvme_state *s = &self->n;
+	/* The span is whole pages around the unaligned range. */
+	size_t len = 300 * KIB + 123, span = (len / page_size + 3) * page_size;
+	__u64 start = random_pos(s, span) / page_size * page_size;
+	__u64 pos = start + page_size + 100;
+	unsigned long long *d = s->delta.v;
+	char *want, *got, *direct;
+	int fd;
+
+	fd = open(target.dev, O_RDWR);
+	ASSERT_LE(0, fd) TH_LOG("%s: %s", target.dev, strerror(errno));
+	want = map(span, PROT_READ | PROT_WRITE);
+	got = map(span, PROT_READ | PROT_WRITE);
+	direct = map(span, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(want && got && direct);
+
+	/* What the device holds around the range, then the buffered write. */
+	ASSERT_TRUE(dio(_metadata, s, false, want, span, start));
+	fill_random(want + (pos - start), len, &s->rng);
+	stats_begin(_metadata, s);
+	ASSERT_EQ((ssize_t)len, pwrite(fd, want + (pos - start), len, pos));
+	ASSERT_EQ(0, fsync(fd)) TH_LOG("fsync: %s", strerror(errno));
+	s->tally.written = len;
+	s->tally.requests = 1;
+	stats_check(_metadata, s, false);
+	EXPECT_LE(1, d[STAT_FLUSHES]) TH_LOG("fsync sent no flush");
+	ASSERT_TRUE(dio(_metadata, s, false, direct, span, start));
+	EXPECT_TRUE(same(_metadata, want, direct, span, start, "O_DIRECT read after fsync"));
+
+	/* Read again from the device, not from the cache. */
+	ASSERT_EQ(0, ioctl(fd, BLKFLSBUF, 0)) TH_LOG("BLKFLSBUF: %s", strerror(errno));
+	ASSERT_EQ(0, posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED));
+	stats_begin(_metadata, s);
+	ASSERT_EQ((ssize_t)span, pread(fd, got, span, start));
+	s->tally.read = span;
+	s->tally.requests = 1;
+	stats_check(_metadata, s, false);
+	EXPECT_TRUE(same(_metadata, want, got, span, start, "buffered read after the flush"));
+
+	/* An O_DIRECT write replaces what the cache holds. */
+	fill_random(want, span, &s->rng);
+	ASSERT_TRUE(dio(_metadata, s, true, want, span, start));
+	ASSERT_EQ((ssize_t)span, pread(fd, got, span, start));
+	EXPECT_TRUE(same(_metadata, want, got, span, start, "buffered read after O_DIRECT write"));
+	close(fd);
+	munmap(want, span);
+	munmap(got, span);
+	munmap(direct, span);
+}
+
+/*
+ * Write-zeroes and discard, which QEMU's controller offers: the block layer
+ * sends them as such (not as writes of zero pages), and zeroed blocks read
+ * back as zeros.
+ */
+TEST_F_TIMEOUT(nvme, zeroes_discard, 60)
+{
+	struct nvme_state *s = &self->n;
+	__u64 len = MIB, range[2] = { random_pos(s, MIB), MIB };
+	unsigned long long *d = s->delta.v;
+	char *buf = map(len, PROT_READ | PROT_WRITE);
+	char *zeros = map(len, PROT_READ | PROT_WRITE);
+
+	ASSERT_TRUE(buf && zeros);
+	EXPECT_LT(0, queue_limit("write_zeroes_max_bytes"));
+	EXPECT_LT(0, queue_limit("discard_max_bytes"));
+
+	fill_random(buf, len, &s->rng);
+	ASSERT_TRUE(dio(_metadata, s, true, buf, len, range[0]));
+	stats_begin(_metadata, s);
+	ASSERT_EQ(0, ioctl(s->fd, BLKZEROOUT, range)) TH_LOG("BLKZEROOUT: %s", strerror(errno));
+	ASSERT_TRUE(dio(_metadata, s, false, buf, len, range[0]));
+	/* Whether zeroed or discarded blocks count as written is the driver's choice. */
+	stats_check(_metadata, s, false);
+	EXPECT_LE(1, d[STAT_WRITE_ZEROES]);
+	EXPECT_TRUE(same(_metadata, zeros, buf, len, range[0], "zeroed blocks"));
+
+	stats_begin(_metadata, s);
+	ASSERT_EQ(0, ioctl(s->fd, BLKDISCARD, range)) TH_LOG("BLKDISCARD: %s", strerror(errno));
+	stats_check(_metadata, s, false);
+	EXPECT_LE(1, d[STAT_DISCARDS]);
+	munmap(buf, len);
+	munmap(zeros, len);
+}
+
+/* An O_DIRECT transfer that must fail with @err. */
+static void expect_error(struct __test_metadata *_metadata, bool write, int fd, void *buf,
+			 __u64 len, __u64 pos, int err)
+{
+	ssize_t ret = write ? pwrite(fd, buf, len, pos) : pread(fd, buf, len, pos);
+
+	EXPECT_EQ(-1, ret) TH_LOG("%s of %llu bytes at %llu from %p: %zd, expected %s",
+				  write ? "write" : "read", (unsigned long long)len,
+				  (unsigned long long)pos, buf, ret, strerror(err));
+	if (ret == -1) {
+		EXPECT_EQ(err, errno) TH_LOG("%s of %llu bytes at %llu from %p: %s, expected %s",
+					     write ? "write" : "read", (unsigned long long)len,
+					     (unsigned long long)pos, buf, strerror(errno),
+					     strerror(err));
+	}
+}
+
+/*
+ * What the block layer refuses or cuts before the driver sees it: lengths,
+ * positions and buffers O_DIRECT cannot take, transfers past the end of
+ * the disk, memory that is not there or not writable. No request fails in
+ * the driver, and the disk holds what the transfers that went through wrote.
+ */
+TEST_F_TIMEOUT(nvme, errors, 60)
+{
+	struct nvme_state *s = &self->n;
+	__u64 bs = s->lbs, end = s->size, guard_len = 8 * page_size, guard = end - guard_len;
+	size_t size = guard_len + 4 * page_size;
+	char *want = map(size, PROT_READ | PROT_WRITE);
+	char *buf = map(size, PROT_READ | PROT_WRITE);
+	char *ro = map(4 * page_size, PROT_READ);
+	char *hole = map(4 * page_size, PROT_READ | PROT_WRITE);
+	char *gone = map(2 * page_size, PROT_READ | PROT_WRITE);
+	struct iovec odd[2];
+	unsigned int i;
+	ssize_t ret;
+
+	ASSERT_TRUE(want && buf && ro && hole && gone);
+	ASSERT_EQ(0, munmap(gone, 2 * page_size));
+	memset(hole, 0x5a, 4 * page_size);
+	ASSERT_EQ(0, munmap(hole + 2 * page_size, page_size));
+	fill_random(want, guard_len, &s->rng);
+	ASSERT_TRUE(dio(_metadata, s, true, want, guard_len, guard));
+
+	stats_begin(_metadata, s);
+	for (i = 0; i < 2; i++) {
+		expect_error(_metadata, i, s->fd, buf, bs - 1, guard, EINVAL);
+		expect_error(_metadata, i, s->fd, buf, bs + 1, guard, EINVAL);
+		expect_error(_metadata, i, s->fd, buf, bs, guard + bs / 2, EINVAL);
+		/* Misaligned for the device's DMA. */
+		if (s->dma_alignment)
+			expect_error(_metadata, i, s->fd, buf + 1, bs, guard, EINVAL);
+		/* Not there at all. */
+		expect_error(_metadata, i, s->fd, gone, bs, guard, EFAULT);
+		expect_error(_metadata, i, s->fd, NULL, bs, guard, EFAULT);
+	}
+	/* Segments that make a block together, each misaligned for DMA. */
+	odd[0] = (struct iovec){ buf, 1 };
+	odd[1] = (struct iovec){ buf + page_size, bs - 1 };
+	if (s->dma_alignment) {
+		EXPECT_EQ(-1, pwritev(s->fd, odd, 2, guard));
+		EXPECT_EQ(EINVAL, errno);
+		EXPECT_EQ(-1, preadv(s->fd, odd, 2, guard));
+		EXPECT_EQ(EINVAL, errno);
+	}
+
+	/* The device may read a read-only buffer (zeros), not write it. */
+	expect_error(_metadata, false, s->fd, ro, 2 * bs, guard, EFAULT);
+	ASSERT_TRUE(dio(_metadata, s, true, ro, 2 * bs, guard));
+	memset(want, 0, 2 * bs);
+
+	/* At and past the end: nothing; across it: what fits. */
+	expect_error(_metadata, true, s->fd, buf, bs, end, ENOSPC);
+	expect_error(_metadata, true, s->fd, buf, bs, end + 1024 * bs, ENOSPC);
+	EXPECT_EQ(0, pread(s->fd, buf, bs, end));
+	EXPECT_EQ(0, pread(s->fd, buf, bs, end + 1024 * bs));
+	fill_random(buf, 2 * page_size, &s->rng);
+	EXPECT_EQ((ssize_t)page_size, pwrite(s->fd, buf, 2 * page_size, end - page_size));
+	count_io(s, true, page_size);
+	memcpy(want + guard_len - page_size, buf, page_size);
+	EXPECT_EQ((ssize_t)page_size, pread(s->fd, buf + 2 * page_size, 2 * page_size,
+					    end - page_size));
+	count_io(s, false, page_size);
+	EXPECT_TRUE(same(_metadata, buf, buf + 2 * page_size, page_size, end - page_size,
+			 "read across the end"));
+
+	/*
+	 * A hole after two pages: the block layer moves the blocks before it
+	 * or fails with EFAULT, and never touches the blocks after it.
+	 */
+	ret = pwrite(s->fd, hole, 4 * page_size, guard + 2 * page_size);
+	if (ret == -1) {
+		EXPECT_EQ(EFAULT, errno);
+	} else {
+		TH_LOG("write across a hole after %zu bytes: %zd bytes", 2 * page_size, ret);
+		ASSERT_TRUE(ret <= (ssize_t)(2 * page_size) && !(ret % bs));
+		memcpy(want + 2 * page_size, hole, ret);
+		/* Its requests are not known: a buffered write of the rest may follow. */
+		s->tally.written += ret;
+	}
+
+	ASSERT_TRUE(dio(_metadata, s, false, buf, guard_len, guard));
+	EXPECT_TRUE(same(_metadata, want, buf, guard_len, guard, "blocks at the end"));
+	stats_check(_metadata, s, true);
+	munmap(want, size);
+	munmap(buf, size);
+	munmap(ro, 4 * page_size);
+	munmap(hole, 4 * page_size);
+}
+
+/* What an io_worker() saw, shared with the parent. */
+struct worker_log {
+	int ok;			/* verified round trips */
+	int err;		/* the errno that ended the worker, 0 if none */
+	bool eof;		/* a read found the end of the disk */
+	__u64 size_after;	/* the disk's size then */
+	char bad[160];		/* what went wrong otherwise */
 };
 
 /*
- * Writes and reads back @len bytes until the device goes away: each request
- * must succeed or fail with ENODEV, none succeed after an ENODEV. Tells
- * @notify when the first write is done.
+ * Writes and reads back @len bytes at @pos until a transfer fails, a read
+ * finds the end of the disk or *@stop is set; the first success is written
+ * to @notify. Every read must give what was written.
  */
-static int unbind_child(int fd, char *wbuf, char *rbuf, __u64 len, int notify,
-			struct unbind_log *seen)
+static int io_worker(struct nvme_state *s, int fd, __u64 len, __u64 pos, int notify,
+		     struct worker_log *log, int *stop)
 {
+	char *wbuf = map(len, PROT_READ | PROT_WRITE);
+	char *rbuf = map(len, PROT_READ | PROT_WRITE);
 	struct timespec start, now;
-	bool is_write;
-	int i, ret;
+	ssize_t done;
+	int i;
 
+	if (!wbuf || !rbuf)
+		return 1;
 	clock_gettime(CLOCK_MONOTONIC, &start);
-	for (i = 0; seen->enodev < 3; i++) {
+	for (i = 0; !__atomic_load_n(stop, __ATOMIC_RELAXED); i++) {
 		clock_gettime(CLOCK_MONOTONIC, &now);
-		if (now.tv_sec - start.tv_sec >= 20)
-			break;
-		is_write = !(i % 2);
-		if (!is_write)
-			memset(rbuf, 0, len);
-		ret = do_io(fd, is_write ? WRITE : READ, is_write ? wbuf : rbuf, len, 0,
-			    i % 4 < 2 ? 0 : SGL, NULL);
-		if (ret && ret != -ENODEV) {
-			fprintf(stderr, "# request %d: %s\n", i, strerror(-ret));
+		if (now.tv_sec - start.tv_sec >= 30) {
+			snprintf(log->bad, sizeof(log->bad), "no error in 30 s");
 			return 1;
 		}
-		if (!ret && seen->enodev) {
-			fprintf(stderr, "# request %d succeeded after ENODEV\n", i);
+		fill_random(wbuf, len, &s->rng);
+		memset(rbuf, 0, len);
+		done = pwrite(fd, wbuf, len, pos);
+		if (done == (ssize_t)len)
+			done = pread(fd, rbuf, len, pos);
+		if (done <= 0) {
+			log->err = done ? errno : 0;
+			log->eof = !done;
+			if (ioctl(fd, BLKGETSIZE64, &log->size_after))
+				log->size_after = -1;
+			return 0;
+		}
+		if (done != (ssize_t)len) {
+			snprintf(log->bad, sizeof(log->bad), "round trip %d: %zd bytes", i, done);
 			return 1;
 		}
-		if (ret) {
-			seen->enodev++;
-		} else {
-			seen->ok++;
-			if (!is_write && memcmp(wbuf, rbuf, len)) {
-				fprintf(stderr, "# request %d read other data\n", i);
-				return 1;
-			}
+		if (memcmp(wbuf, rbuf, len)) {
+			snprintf(log->bad, sizeof(log->bad), "round trip %d read other data", i);
+			return 1;
 		}
-		if (!i && write(notify, "", 1) != 1)
+		if (!log->ok++ && write(notify, "", 1) != 1)
 			return 1;
 	}
 	return 0;
 }
 
+/* Waits @ms for the workers; those still running then are killed. */
+static int wait_workers(struct __test_metadata *_metadata, pid_t *pids, int ms)
+{
+	int i, status, left = 0, failed = 0;
+
+	for (i = 0; i < WORKERS; i++)
+		left += pids[i] > 0;
+	for (; left && ms > 0; ms -= 10) {
+		for (i = 0; i < WORKERS; i++) {
+			if (pids[i] <= 0 || waitpid(pids[i], &status, WNOHANG) != pids[i])
+				continue;
+			if (!WIFEXITED(status) || WEXITSTATUS(status)) {
+				TH_LOG("worker %d: status %#x", i, status);
+				failed++;
+			}
+			pids[i] = 0;
+			left--;
+		}
+		usleep(10000);
+	}
+	for (i = 0; i < WORKERS; i++) {
+		if (pids[i] > 0) {
+			TH_LOG("worker %d hangs", i);
+			kill(pids[i], SIGKILL);
+			failed++;
+		}
+	}
+	return failed;
+}
+
+/*
+ * Runs io_worker() in WORKERS processes, each on a file of its own, and
+ * returns once each has done a round trip.
+ */
+static int start_workers(struct __test_metadata *_metadata, struct nvme_state *s, __u64 len,
+			 pid_t *pids, struct worker_log *logs, int *stop)
+{
+	int p[2], i, fd, started = 0;
+	struct pollfd pfd;
+	char c;
+
+	memset(pids, 0, WORKERS * sizeof(*pids));
+	if (pipe(p))
+		return -1;
+	for (i = 0; i < WORKERS; i++) {
+		fd = open(target.dev, O_RDWR | O_DIRECT);
+		if (fd < 0)
+			break;
+		pids[i] = fork();
+		if (!pids[i]) {
+			close(p[0]);
+			s->rng = splitmix64(s->rng + i) | 1;
+			_exit(io_worker(s, fd, len, i * 4 * MIB, p[1], &logs[i], stop));
+		}
+		close(fd);
+		if (pids[i] < 0)
+			break;
+		started++;
+	}
+	close(p[1]);
+	pfd = (struct pollfd){ .fd = p[0], .events = POLLIN };
+	for (i = 0; i < started && poll(&pfd, 1, 20000) == 1 && read(p[0], &c, 1) == 1; i++)
+		;
+	close(p[0]);
+	if (i == WORKERS)
+		return 0;
+	TH_LOG("%d of %d workers did a round trip", i, WORKERS);
+	__atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+	wait_workers(_metadata, pids, 30000);
+	return -1;
+}
+
+static bool io_error(int err)
+{
+	return err == EIO || err == ENODEV || err == ENXIO;
+}
+
+/*
+ * A transfer after the disk went away: an I/O error, or for requests that
+ * start after del_gendisk() set its size to 0, what the block layer gives at
+ * the end of a disk (ENOSPC for writes, nothing read).
+ */
+static bool gone(int err, bool eof, __u64 size)
+{
+	return io_error(err) || ((err == ENOSPC || eof) && !size);
+}
+
+/*
+ * Unbinds the controller while processes do O_DIRECT I/O: each transfer
+ * succeeds with the right data or fails (gone()), none hangs; files still
+ * open fail the same way, the device and its statistics go. Bound again,
+ * the device works.
+ */
 TEST_F_TIMEOUT(nvme, unbind_in_flight, 120)
 {
 	struct nvme_state *s = &self->n;
-	__u64 len = request_len(s, 16 * MIB, 0);
-	struct rust_nvme_info info;
-	struct unbind_log *seen;
-	struct pollfd pfd;
-	char *wbuf, *rbuf, path[PATH_MAX], c;
-	int p[2], status, ret;
-	pid_t pid;
+	__u64 len = min_u64(4 * MIB, 2 * s->max_request);
+	struct timespec start, now;
+	char path[PATH_MAX];
+	struct worker_log *logs;
+	int *stop;
+	pid_t pids[WORKERS];
+	void *shared;
+	__u64 size;
+	ssize_t ret;
+	char *buf;
+	int i;
 
-	ASSERT_EQ(0, find_bdf(s->bdf, sizeof(s->bdf))) TH_LOG("no device bound to " MODULE_NAME);
-	TH_LOG("unbinding %s during %llu-byte requests", s->bdf, (unsigned long long)len);
-	wbuf = map(len, PROT_READ | PROT_WRITE);
-	rbuf = map(len, PROT_READ | PROT_WRITE);
-	seen = mmap(NULL, sizeof(*seen), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-	ASSERT_TRUE(wbuf && rbuf && seen != MAP_FAILED);
-	fill_random(wbuf, len, &s->rng);
-	memset(seen, 0, sizeof(*seen));
-	ASSERT_EQ(0, pipe(p));
-	pid = fork();
-	ASSERT_LE(0, pid);
-	if (!pid) {
-		close(p[0]);
-		_exit(unbind_child(s->fd, wbuf, rbuf, len, p[1], seen));
-	}
-	close(p[1]);
+	shared = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	buf = map(MIB, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(shared != MAP_FAILED && buf);
+	stop = shared;
+	logs = (struct worker_log *)((char *)shared + 64);
+	ASSERT_EQ(0, start_workers(_metadata, s, len, pids, logs, stop));
 
-	/* As the child starts its second request. */
-	pfd = (struct pollfd){ .fd = p[0], .events = POLLIN };
-	EXPECT_EQ(1, poll(&pfd, 1, 20000));
-	EXPECT_EQ(1, read(p[0], &c, 1)) TH_LOG("the child's first write did not end");
-	close(p[0]);
 	usleep(20000);
+	TH_LOG("unbinding %s during %d workers' %llu-byte transfers", s->bdf, WORKERS,
+	       (unsigned long long)len);
+	clock_gettime(CLOCK_MONOTONIC, &start);
+	snprintf(path, sizeof(path), PCI_DRIVERS "/%s/unbind", target.driver);
 	s->unbound = true;
-	ret = write_file(DRIVER_DIR "/unbind", s->bdf);
-	EXPECT_EQ(0, ret) TH_LOG("unbind %s: %s", s->bdf, strerror(errno));
-	snprintf(path, sizeof(path), DRIVER_DIR "/%s", s->bdf);
-	EXPECT_NE(0, access(path, F_OK));
+	EXPECT_EQ(0, nvme_write_file(path, s->bdf)) TH_LOG("unbind: %s", strerror(errno));
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	TH_LOG("unbind took %ld ms", (now.tv_sec - start.tv_sec) * 1000 +
+	       (now.tv_nsec - start.tv_nsec) / 1000000);
 
-	ASSERT_EQ(pid, waitpid(pid, &status, 0));
-	TH_LOG("child: %d requests done, %d failed with ENODEV", seen->ok, seen->enodev);
-	EXPECT_TRUE(WIFEXITED(status) && !WEXITSTATUS(status)) TH_LOG("child status %#x", status);
-	EXPECT_LE(1, seen->ok);
-	EXPECT_LE(1, seen->enodev);
+	EXPECT_EQ(0, wait_workers(_metadata, pids, 30000));
+	for (i = 0; i < WORKERS; i++) {
+		TH_LOG("worker %d: %d round trips, then %s, disk size %lld%s%s", i, logs[i].ok,
+		       logs[i].eof ? "end of disk" : strerror(logs[i].err),
+		       (long long)logs[i].size_after, logs[i].bad[0] ? ": " : "", logs[i].bad);
+		EXPECT_LE(1, logs[i].ok);
+		EXPECT_TRUE(gone(logs[i].err, logs[i].eof, logs[i].size_after));
+		EXPECT_EQ(0, logs[i].bad[0]);
+	}
 
-	/* The open file outlives the device. */
-	EXPECT_EQ(-ENODEV, do_io(s->fd, WRITE, wbuf, 8 * NVME_PAGE, 0, 0, NULL));
-	EXPECT_EQ(-ENODEV, do_io(s->fd, READ, rbuf, 8 * NVME_PAGE, 0, SGL, NULL));
-	EXPECT_EQ(-1, ioctl(s->fd, RUST_NVME_IOC_INFO, &info));
-	EXPECT_EQ(ENODEV, errno);
+	/* A file opened before fails as well. */
+	ASSERT_EQ(0, ioctl(s->fd, BLKGETSIZE64, &size));
+	EXPECT_EQ(0, size) TH_LOG("size of the removed disk");
+	ret = pread(s->fd, buf, MIB, 0);
+	EXPECT_TRUE(ret <= 0 && gone(ret ? errno : 0, !ret, size))
+		TH_LOG("read after unbind: %zd, %s", ret, strerror(errno));
+	ret = pwrite(s->fd, buf, MIB, 0);
+	EXPECT_TRUE(ret < 0 && gone(errno, false, size))
+		TH_LOG("write after unbind: %zd, %s", ret, strerror(errno));
 	EXPECT_EQ(0, close(s->fd));
 	s->fd = -1;
-	EXPECT_TRUE(wait_for(DEV_PATH, false, 5000)) TH_LOG("%s still there", DEV_PATH);
+	EXPECT_TRUE(nvme_wait_for(target.dev, false, 5000)) TH_LOG("%s still there", target.dev);
+	EXPECT_NE(0, access(target.stats, F_OK)) TH_LOG("%s still there", target.stats);
 
-	ASSERT_EQ(0, write_file(DRIVER_DIR "/bind", s->bdf))
-		TH_LOG("bind %s: %s", s->bdf, strerror(errno));
+	snprintf(path, sizeof(path), PCI_DRIVERS "/%s/bind", target.driver);
+	ASSERT_EQ(0, nvme_write_file(path, s->bdf)) TH_LOG("bind: %s", strerror(errno));
 	s->unbound = false;
-	ASSERT_TRUE(wait_for(DEV_PATH, true, 10000)) TH_LOG("%s missing after bind", DEV_PATH);
-	s->fd = open(DEV_PATH, O_RDWR);
-	ASSERT_LE(0, s->fd) TH_LOG("%s: %s", DEV_PATH, strerror(errno));
-	ASSERT_EQ(0, ioctl(s->fd, RUST_NVME_IOC_INFO, &info));
-	EXPECT_EQ(0, memcmp(&s->info, &info, sizeof(info)));
-	round_trip(_metadata, s, wbuf, rbuf, 64 * NVME_PAGE, random_lba(s, 64 * NVME_PAGE), 0,
-		   NULL, NULL);
-	round_trip(_metadata, s, wbuf + 1, rbuf + 1, 64 * NVME_PAGE,
-		   random_lba(s, 64 * NVME_PAGE), SGL, NULL, NULL);
-	munmap(wbuf, len);
-	munmap(rbuf, len);
-	munmap(seen, sizeof(*seen));
+	open_disk(_metadata, s);
+	stats_begin(_metadata, s);
+	ASSERT_TRUE(round_trip(_metadata, s, buf, buf + MIB / 2, MIB / 2,
+			       random_pos(s, MIB / 2)));
+	stats_check(_metadata, s, true);
+	munmap(shared, page_size);
+	munmap(buf, MIB);
 }
 
 static int delete_module(const char *name)
@@ -1222,95 +1307,113 @@ static int delete_module(const char *name)
 	return syscall(SYS_delete_module, name, O_NONBLOCK) ? -errno : 0;
 }
 
-TEST_F_TIMEOUT(nvme, module_unload, 60)
+/*
+ * The driver stays while its block device is open (here by processes
+ * doing I/O, which goes on), and unloads once it is closed: the device,
+ * the module and the statistics go. Loaded again, the device works.
+ */
+TEST_F_TIMEOUT(nvme, module_unload, 120)
 {
 	struct nvme_state *s = &self->n;
-	__u64 len = 64 * NVME_PAGE;
-	struct rust_nvme_info info;
-	char *wbuf = map(len + 1, PROT_READ | PROT_WRITE);
-	char *rbuf = map(len + 1, PROT_READ | PROT_WRITE);
-	int ret;
+	__u64 len = min_u64(MIB, s->max_request);
+	char path[PATH_MAX], *buf;
+	struct worker_log *logs;
+	int *stop;
+	pid_t pids[WORKERS];
+	void *shared;
+	int i, ret;
 
-	ASSERT_TRUE(wbuf && rbuf);
-	/* An open file holds the module. */
-	ret = delete_module(MODULE_NAME);
+	shared = mmap(NULL, page_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	buf = map(MIB, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(shared != MAP_FAILED && buf);
+	stop = shared;
+	logs = (struct worker_log *)((char *)shared + 64);
+	ASSERT_EQ(0, start_workers(_metadata, s, len, pids, logs, stop));
+
+	ret = delete_module(target.driver);
 	s->unloaded = !ret;
-	ASSERT_TRUE(ret == -EBUSY || ret == -EAGAIN) TH_LOG("rmmod with the device open: %s",
-							    ret ? strerror(-ret) : "done");
-	EXPECT_EQ(0, access(DEV_PATH, F_OK));
-	round_trip(_metadata, s, wbuf, rbuf, len, random_lba(s, len), 0, NULL, NULL);
+	EXPECT_TRUE(ret == -EBUSY || ret == -EAGAIN)
+		TH_LOG("rmmod with the device open: %s", ret ? strerror(-ret) : "done");
+	__atomic_store_n(stop, 1, __ATOMIC_RELAXED);
+	EXPECT_EQ(0, wait_workers(_metadata, pids, 30000));
+	for (i = 0; i < WORKERS; i++) {
+		EXPECT_LE(1, logs[i].ok);
+		EXPECT_EQ(0, logs[i].err) TH_LOG("worker %d: %s", i, strerror(logs[i].err));
+		EXPECT_FALSE(logs[i].eof) TH_LOG("worker %d read nothing", i);
+		EXPECT_EQ(0, logs[i].bad[0]) TH_LOG("worker %d: %s", i, logs[i].bad);
+	}
 
 	EXPECT_EQ(0, close(s->fd));
 	s->fd = -1;
 	s->unloaded = true;
-	ret = delete_module(MODULE_NAME);
+	ret = delete_module(target.driver);
 	ASSERT_EQ(0, ret) TH_LOG("rmmod: %s", strerror(-ret));
-	EXPECT_TRUE(wait_for(DEV_PATH, false, 5000)) TH_LOG("%s still there", DEV_PATH);
-	EXPECT_NE(0, access("/sys/module/" MODULE_NAME, F_OK));
+	EXPECT_TRUE(nvme_wait_for(target.dev, false, 5000)) TH_LOG("%s still there", target.dev);
+	snprintf(path, sizeof(path), "/sys/module/%s", target.driver);
+	EXPECT_NE(0, access(path, F_OK));
+	EXPECT_NE(0, access(target.stats, F_OK)) TH_LOG("%s still there", target.stats);
 
-	s->fd = open_dev(_metadata);
-	ASSERT_LE(0, s->fd);
+	open_disk(_metadata, s);
 	s->unloaded = false;
-	ASSERT_EQ(0, ioctl(s->fd, RUST_NVME_IOC_INFO, &info));
-	EXPECT_EQ(0, memcmp(&s->info, &info, sizeof(info)));
-	round_trip(_metadata, s, wbuf, rbuf, len, random_lba(s, len), 0, NULL, NULL);
-	round_trip(_metadata, s, wbuf + 1, rbuf + 1, len, random_lba(s, len), SGL, NULL, NULL);
-	munmap(wbuf, len + 1);
-	munmap(rbuf, len + 1);
+	stats_begin(_metadata, s);
+	ASSERT_TRUE(round_trip(_metadata, s, buf, buf + MIB / 2, MIB / 2,
+			       random_pos(s, MIB / 2)));
+	stats_check(_metadata, s, true);
+	munmap(shared, page_size);
+	munmap(buf, MIB);
 }
 
 /*
- * Writes the pattern of RUST_NVME_DMA_SEED over the whole disk, then reads
- * it back, in requests of varied sizes, kinds and buffer offsets. The host
- * checks the image afterwards: no case may write after this one.
+ * Writes the pattern of RUST_NVME_DMA_SEED over the whole disk with
+ * O_DIRECT, flushes it, then reads it back, in transfers of varied sizes
+ * and buffer offsets. The host checks the image afterwards: no case may
+ * write after this one.
  */
-TEST_F_TIMEOUT(nvme, disk_pattern, 600)
+TEST_F_TIMEOUT(nvme, disk_pattern, 300)
 {
-	static const __u32 kinds[] = { 0, SGL, VMALLOC, CONTIGUOUS, VMALLOC | SGL,
-				       CONTIGUOUS | SGL };
-	static const unsigned int prp_offsets[] = { 0, 512, 4 };
-	static const unsigned int sgl_offsets[] = { 0, 1, 3, 512 };
 	struct nvme_state *s = &self->n;
-	__u64 bs = s->info.block_size, disk = s->info.blocks * bs;
-	__u64 sizes[] = { bs, 8 * bs, 37 * bs, s->info.max_transfer, 255 * bs, 3 * MIB,
-			  s->info.max_request };
-	__u64 seed, pos, len, size = s->info.max_request + NVME_PAGE;
-	unsigned int nr_sizes = ARRAY_SIZE(sizes);
-	unsigned int nr_kinds = ARRAY_SIZE(kinds);
-	unsigned int i, off, phase, requests[2] = { 0 };
-	char *buf = map(size, PROT_READ | PROT_WRITE);
-	char *want = map(size, PROT_READ | PROT_WRITE);
-	__u32 flags;
+	__u64 bs = s->lbs, mr = s->max_request, disk = s->size;
+	__u64 sizes[] = { bs, 8 * bs, 37 * bs, mr, 255 * bs, 3 * MIB, 2 * mr + bs, 4 * MIB };
+	__u64 offsets[] = { 0, bs, page_size - bs, s->dma_alignment + 1 };
+	unsigned int nr_offsets = ARRAY_SIZE(offsets) - (s->dma_alignment + 1 == bs);
+	__u64 seed, pos, len, size = 0;
+	unsigned int i, phase, transfers[2] = { 0 };
+	char *buf, *want, *at;
 
+	for (i = 0; i < ARRAY_SIZE(sizes); i++)
+		size = sizes[i] > size ? sizes[i] : size;
+	size += page_size;
+	buf = map(size, PROT_READ | PROT_WRITE);
+	want = map(size, PROT_READ | PROT_WRITE);
 	ASSERT_EQ(0, getenv_u64("RUST_NVME_DMA_SEED", &seed))
 		TH_LOG("RUST_NVME_DMA_SEED not set to a decimal number");
 	ASSERT_TRUE(buf && want);
 	TH_LOG("writing %llu bytes with the pattern of seed %llu", (unsigned long long)disk,
 	       (unsigned long long)seed);
 
-	/* The read back starts elsewhere in the cycles: other request boundaries. */
+	stats_begin(_metadata, s);
+	/* The read back starts elsewhere in the cycles: other boundaries. */
 	for (phase = 0; phase < 2; phase++) {
 		for (pos = 0, i = 3 * phase; pos < disk; pos += len, i++) {
-			flags = kinds[i % nr_kinds];
-			len = request_len(s, min_u64(sizes[i % nr_sizes], disk - pos), flags);
-			off = flags & SGL ? sgl_offsets[i % 4] : prp_offsets[i % 3];
-			requests[phase]++;
+			len = min_u64(sizes[i % ARRAY_SIZE(sizes)], disk - pos);
+			at = buf + offsets[i % nr_offsets];
+			transfers[phase]++;
 			if (!phase) {
-				fill_pattern(buf + off, pos, len, seed);
-				ASSERT_EQ(0, checked_io(_metadata, s, WRITE, buf + off, len,
-							pos / bs, flags, NULL));
+				fill_pattern(at, pos, len, seed);
+				ASSERT_TRUE(dio(_metadata, s, true, at, len, pos));
 				continue;
 			}
-			memset(buf + off, 0xa5, len);
-			ASSERT_EQ(0, checked_io(_metadata, s, READ, buf + off, len, pos / bs, flags,
-						NULL));
+			memset(at, 0xa5, len);
+			ASSERT_TRUE(dio(_metadata, s, false, at, len, pos));
 			fill_pattern(want, pos, len, seed);
-			ASSERT_TRUE(same(_metadata, want, buf + off, len, pos, "disk pattern"))
-				TH_LOG("request from block %llu, flags %#x",
-				       (unsigned long long)(pos / bs), flags);
+			ASSERT_TRUE(same(_metadata, want, at, len, pos, "disk pattern"));
 		}
+		if (!phase)
+			ASSERT_EQ(0, fsync(s->fd)) TH_LOG("fsync: %s", strerror(errno));
 	}
-	TH_LOG("written in %u requests, read back in %u", requests[0], requests[1]);
+	stats_check(_metadata, s, true);
+	EXPECT_LE(1, s->delta.v[STAT_FLUSHES]);
+	TH_LOG("written in %u transfers, read back in %u", transfers[0], transfers[1]);
 	munmap(buf, size);
 	munmap(want, size);
 }
@@ -1318,7 +1421,11 @@ TEST_F_TIMEOUT(nvme, disk_pattern, 600)
 int main(int argc, char **argv)
 {
 	struct timespec now;
+	char err[256];
 
+	page_size = sysconf(_SC_PAGESIZE);
+	if (nvme_target_init(&target, err, sizeof(err)))
+		ksft_exit_fail_msg("%s\n", err);
 	if (getenv_u64("RUST_NVME_DMA_RANDOM_SEED", &run_seed)) {
 		clock_gettime(CLOCK_REALTIME, &now);
 		run_seed = splitmix64(now.tv_sec ^ ((__u64)now.tv_nsec << 20) ^ getpid());
