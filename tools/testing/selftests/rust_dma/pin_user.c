@@ -52,8 +52,14 @@ static unsigned long vmstat_value(const char *name)
 {
 	char key[64];
 	unsigned long value, found = -1UL;
-	FILE *f = fopen("/proc/vmstat", "r");
+	FILE *f = fopen("/proc/sys/vm/stat_refresh", "w");
 
+	/* An SMP kernel folds the CPUs' counts into /proc/vmstat on write. */
+	if (f) {
+		fputs("1", f);
+		fclose(f);
+	}
+	f = fopen("/proc/vmstat", "r");
 	if (!f)
 		return -1UL;
 	while (fscanf(f, "%63s %lu", key, &value) == 2)
