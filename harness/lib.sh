@@ -65,8 +65,9 @@ run_qemu_env() {
 
 # Config fragments of the one guest kernel: relative paths are in the kernel
 # tree, absolute ones in the harness.
-KUNITCONFIGS=(rust/kernel/dma/.kunitconfig tools/testing/selftests/rust_dma/config
-	tools/testing/selftests/rust_nvme_dma/config "$REPO/harness/bench.config")
+KUNITCONFIGS=(rust/kernel/dma/.kunitconfig kernel/dma/.kunitconfig
+	tools/testing/selftests/rust_dma/config tools/testing/selftests/rust_nvme_dma/config
+	"$REPO/harness/bench.config")
 
 # DEBUG_KERNEL=1 switches a stage to the debug guest kernel: the same
 # fragments plus harness/debug.config (KASAN, lockdep, DMA-API debug, IOMMU

@@ -22,6 +22,7 @@ if stage prepare; then
 	stage selftests || true
 	stage static-checks || true
 	stage series || true
+	stage debug-kernel || true
 fi
 log "make test took $((SECONDS - start)) s"
 exec bash "$REPO/harness/summary.sh"
