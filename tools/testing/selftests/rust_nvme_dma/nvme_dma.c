@@ -34,6 +34,7 @@
 
 #define NR_HUGEPAGES	"/proc/sys/vm/nr_hugepages"
 #define THP_ENABLED	"/sys/kernel/mm/transparent_hugepage/enabled"
+#define SWIOTLB_USED	"/sys/kernel/debug/swiotlb/io_tlb_used"
 
 #define HUGE_SIZE	(2ULL << 20)
 #define KIB		1024ULL
@@ -68,6 +69,7 @@ struct nvme_state {
 	char nr_hugepages[32];	/* restored by the teardown if set */
 	struct nvme_stats before, delta;
 	bool have_before;
+	long long bounce_slots;	/* swiotlb slots in use before, < 0: no swiotlb */
 	struct tally tally;
 	__u64 moved, ios;
 	struct timespec start;
@@ -276,6 +278,14 @@ static __u64 random_pos(struct nvme_state *s, __u64 len)
 	return random_below(s, (s->size - len) / s->lbs + 1) * s->lbs;
 }
 
+/* The swiotlb slots in use; -1 without swiotlb. */
+static long long bounce_slots(void)
+{
+	char value[32];
+
+	return read_file(SWIOTLB_USED, value, sizeof(value)) ? -1 : strtoll(value, NULL, 10);
+}
+
 static void stats_begin(struct __test_metadata *_metadata, struct nvme_state *s)
 {
 	char err[256];
@@ -285,6 +295,7 @@ static void stats_begin(struct __test_metadata *_metadata, struct nvme_state *s)
 	s->have_before = !nvme_read_stats(target.stats, &s->before, err, sizeof(err));
 	if (!s->have_before)
 		TH_LOG("%s", err);
+	s->bounce_slots = bounce_slots();
 }
 
 /*
@@ -293,8 +304,9 @@ static void stats_begin(struct __test_metadata *_metadata, struct nvme_state *s)
  * own, at least otherwise), at least a request and a mapping per request of
  * at most max_request bytes, every mapping on the expected DMA path, one
  * DMA range and one IOTLB sync per IOVA mapping, a descriptor at least per
- * mapping, no failure. Leaves the differences in s->delta. Without
- * statistics the case fails but goes on, to check the data.
+ * mapping, no failure, no swiotlb slot left in use. Leaves the differences
+ * in s->delta. Without statistics the case fails but goes on, to check the
+ * data.
  */
 static void stats_check(struct __test_metadata *_metadata, struct nvme_state *s, bool exact)
 {
@@ -355,6 +367,7 @@ static void stats_check(struct __test_metadata *_metadata, struct nvme_state *s,
 		EXPECT_EQ(0, d[STAT_IOTLB_SYNCS]);
 	}
 	EXPECT_LE(mapped, d[STAT_PRP_ENTRIES] + d[STAT_SGL_DATA_BLOCKS]);
+	EXPECT_EQ(s->bounce_slots, bounce_slots()) TH_LOG("swiotlb slots in use");
 }
 
 /* A field of /proc/self/smaps for the mapping holding @addr, in kB; -1 if none. */
@@ -494,7 +507,8 @@ TEST_F_TIMEOUT(nvme, device, 60)
 		       s->bdf, (unsigned long long)s->size, (unsigned long long)s->lbs, value);
 	ksft_print_msg("requests up to %lld KiB (hardware %lld KiB) and %llu segments\n",
 		       max_kb, max_hw_kb, (unsigned long long)s->max_segments);
-	ksft_print_msg("DMA alignment mask %llu\n", (unsigned long long)s->dma_alignment);
+	ksft_print_msg("DMA alignment mask %llu, swiotlb slots in use %lld\n",
+		       (unsigned long long)s->dma_alignment, bounce_slots());
 
 	ASSERT_EQ(0, stat(target.dev, &st));
 	EXPECT_TRUE(S_ISBLK(st.st_mode));
@@ -1257,6 +1271,7 @@ TEST_F_TIMEOUT(nvme, unbind_in_flight, 120)
 	int *stop;
 	pid_t pids[WORKERS];
 	void *shared;
+	long long slots;
 	__u64 size;
 	ssize_t ret;
 	char *buf;
@@ -1267,6 +1282,7 @@ TEST_F_TIMEOUT(nvme, unbind_in_flight, 120)
 	ASSERT_TRUE(shared != MAP_FAILED && buf);
 	stop = shared;
 	logs = (struct worker_log *)((char *)shared + 64);
+	slots = bounce_slots();
 	ASSERT_EQ(0, start_workers(_metadata, s, len, pids, logs, stop));
 
 	usleep(20000);
@@ -1312,6 +1328,7 @@ TEST_F_TIMEOUT(nvme, unbind_in_flight, 120)
 	ASSERT_TRUE(round_trip(_metadata, s, buf, buf + MIB / 2, MIB / 2,
 			       random_pos(s, MIB / 2)));
 	stats_check(_metadata, s, true);
+	EXPECT_EQ(slots, bounce_slots()) TH_LOG("swiotlb slots in use after the case");
 	munmap(shared, page_size);
 	munmap(buf, MIB);
 }
@@ -1334,6 +1351,7 @@ TEST_F_TIMEOUT(nvme, module_unload, 120)
 	struct worker_log *logs;
 	int *stop;
 	pid_t pids[WORKERS];
+	long long slots;
 	void *shared;
 	long refs;
 	int i, ret;
@@ -1343,6 +1361,7 @@ TEST_F_TIMEOUT(nvme, module_unload, 120)
 	ASSERT_TRUE(shared != MAP_FAILED && buf);
 	stop = shared;
 	logs = (struct worker_log *)((char *)shared + 64);
+	slots = bounce_slots();
 	ASSERT_EQ(0, start_workers(_metadata, s, len, pids, logs, stop));
 
 	/*
@@ -1384,6 +1403,7 @@ TEST_F_TIMEOUT(nvme, module_unload, 120)
 	ASSERT_TRUE(round_trip(_metadata, s, buf, buf + MIB / 2, MIB / 2,
 			       random_pos(s, MIB / 2)));
 	stats_check(_metadata, s, true);
+	EXPECT_EQ(slots, bounce_slots()) TH_LOG("swiotlb slots in use after the case");
 	munmap(shared, page_size);
 	munmap(buf, MIB);
 }
