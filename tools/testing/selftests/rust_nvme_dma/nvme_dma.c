@@ -908,6 +908,60 @@ TEST_F_TIMEOUT(nvme, vectors, 60)
 }
 
 /*
+ * Requests of segments shorter than a page, as the buffer heads of small
+ * file system blocks make them: the first ends a page, the middle one is a
+ * whole page, the last starts a page, so that the block layer keeps them in
+ * one request (PRPs can describe them). Read back through the same layout
+ * and into one buffer.
+ */
+TEST_F_TIMEOUT(nvme, sub_page_segments, 60)
+{
+	struct nvme_state *s = &self->n;
+	__u64 bs = s->lbs, lens[] = { bs, 2 * bs, page_size - bs }, len, pos;
+	size_t size = 3 * page_size;
+	char *wpages = map(size, PROT_READ | PROT_WRITE);
+	char *rpages = map(size, PROT_READ | PROT_WRITE);
+	char *flat = map(size, PROT_READ | PROT_WRITE);
+	unsigned long long *d = s->delta.v;
+	struct iovec wv[3], rv[3];
+	unsigned int i, j;
+	size_t done;
+
+	ASSERT_TRUE(wpages && rpages && flat);
+	stats_begin(_metadata, s);
+	for (i = 0; i < ARRAY_SIZE(lens); i++) {
+		len = lens[i];
+		wv[0] = (struct iovec){ wpages + page_size - len, len };
+		wv[1] = (struct iovec){ wpages + page_size, page_size };
+		wv[2] = (struct iovec){ wpages + 2 * page_size, len };
+		for (j = 0; j < 3; j++)
+			rv[j] = (struct iovec){ rpages + ((char *)wv[j].iov_base - wpages),
+						wv[j].iov_len };
+		fill_random(wpages, size, &s->rng);
+		fill_random(rpages, size, &s->rng);
+		pos = random_pos(s, 2 * len + page_size);
+		ASSERT_EQ((ssize_t)(2 * len + page_size), pwritev(s->fd, wv, 3, pos))
+			TH_LOG("pwritev of %llu-byte segments: %s", len, strerror(errno));
+		count_io(s, true, 2 * len + page_size);
+		ASSERT_EQ((ssize_t)(2 * len + page_size), preadv(s->fd, rv, 3, pos))
+			TH_LOG("preadv of %llu-byte segments: %s", len, strerror(errno));
+		count_io(s, false, 2 * len + page_size);
+		ASSERT_TRUE(dio(_metadata, s, false, flat, 2 * len + page_size, pos));
+		for (j = 0, done = 0; j < 3; done += wv[j++].iov_len) {
+			EXPECT_TRUE(same(_metadata, wv[j].iov_base, rv[j].iov_base, wv[j].iov_len,
+					 done, "segment read back"));
+			EXPECT_TRUE(same(_metadata, wv[j].iov_base, flat + done, wv[j].iov_len,
+					 done, "segment read back in one buffer"));
+		}
+	}
+	stats_check(_metadata, s, true);
+	EXPECT_EQ(3 * ARRAY_SIZE(lens), d[STAT_REQUESTS]) TH_LOG("one request per transfer");
+	munmap(wpages, size);
+	munmap(rpages, size);
+	munmap(flat, size);
+}
+
+/*
  * Buffered I/O, through the block device's page cache: written at an
  * unaligned place, synced (a flush reaches the write cache), dropped from
  * the cache and read again from the device; then an O_DIRECT write, seen by
