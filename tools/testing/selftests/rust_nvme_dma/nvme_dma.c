@@ -17,6 +17,7 @@
  */
 #include <endian.h>
 #include <fcntl.h>
+#include <linux/aio_abi.h>
 #include <linux/fs.h>
 #include <poll.h>
 #include <signal.h>
@@ -959,6 +960,90 @@ TEST_F_TIMEOUT(nvme, sub_page_segments, 60)
 	munmap(wpages, size);
 	munmap(rpages, size);
 	munmap(flat, size);
+}
+
+/*
+ * Submits @nr O_DIRECT transfers of @len bytes from @bufs to consecutive
+ * places from @pos with one io_submit(), under one plug, and waits for them.
+ */
+static bool aio_batch(struct __test_metadata *_metadata, struct nvme_state *s, bool write,
+		      char **bufs, unsigned int nr, __u64 len, __u64 pos)
+{
+	struct iocb iocbs[16], *list[16];
+	struct io_event events[16];
+	aio_context_t ctx = 0;
+	unsigned int i;
+	long done = 0;
+
+	if (nr > ARRAY_SIZE(iocbs) || syscall(SYS_io_setup, nr, &ctx)) {
+		TH_LOG("io_setup: %s", strerror(errno));
+		return false;
+	}
+	for (i = 0; i < nr; i++) {
+		iocbs[i] = (struct iocb){
+			.aio_lio_opcode = write ? IOCB_CMD_PWRITE : IOCB_CMD_PREAD,
+			.aio_fildes = s->fd,
+			.aio_buf = (uintptr_t)bufs[i],
+			.aio_nbytes = len,
+			.aio_offset = pos + i * len,
+		};
+		list[i] = &iocbs[i];
+	}
+	if (syscall(SYS_io_submit, ctx, nr, list) != nr)
+		TH_LOG("io_submit: %s", strerror(errno));
+	else
+		done = syscall(SYS_io_getevents, ctx, nr, nr, events, NULL);
+	for (i = 0; i < done; i++) {
+		if (events[i].res != (__s64)len) {
+			TH_LOG("transfer %u of the batch: %lld", i, (long long)events[i].res);
+			done = 0;
+		}
+	}
+	syscall(SYS_io_destroy, ctx);
+	if (done != nr)
+		return false;
+	count_io(s, write, nr * len);
+	return true;
+}
+
+/*
+ * Requests of several bios: transfers to consecutive places submitted
+ * together, which the block layer merges into fewer requests, each buffer
+ * its own mapping (other pages).
+ */
+TEST_F_TIMEOUT(nvme, merged_bios, 60)
+{
+	struct nvme_state *s = &self->n;
+	unsigned int i, nr = 8;
+	__u64 len = 2 * page_size, pos = random_pos(s, nr * len);
+	unsigned long long *d = s->delta.v;
+	char *wbufs[8], *rbufs[8], *flat;
+
+	flat = map(nr * len, PROT_READ | PROT_WRITE);
+	ASSERT_NE(NULL, flat);
+	for (i = 0; i < nr; i++) {
+		wbufs[i] = map(len, PROT_READ | PROT_WRITE);
+		rbufs[i] = map(len, PROT_READ | PROT_WRITE);
+		ASSERT_TRUE(wbufs[i] && rbufs[i]);
+		fill_random(wbufs[i], len, &s->rng);
+		fill_random(rbufs[i], len, &s->rng);
+	}
+	stats_begin(_metadata, s);
+	ASSERT_TRUE(aio_batch(_metadata, s, true, wbufs, nr, len, pos));
+	ASSERT_TRUE(aio_batch(_metadata, s, false, rbufs, nr, len, pos));
+	ASSERT_TRUE(dio(_metadata, s, false, flat, nr * len, pos));
+	for (i = 0; i < nr; i++) {
+		EXPECT_TRUE(same(_metadata, wbufs[i], rbufs[i], len, i * len, "read back"));
+		EXPECT_TRUE(same(_metadata, wbufs[i], flat + i * len, len, i * len,
+				 "read back in one buffer"));
+	}
+	stats_check(_metadata, s, true);
+	EXPECT_GT(2 * nr + 1, d[STAT_REQUESTS]) TH_LOG("no bios merged");
+	for (i = 0; i < nr; i++) {
+		munmap(wbufs[i], len);
+		munmap(rbufs[i], len);
+	}
+	munmap(flat, nr * len);
 }
 
 /*
