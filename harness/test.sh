@@ -20,6 +20,7 @@ if stage prepare; then
 	stage kunit || true
 	stage kunit-pt || true
 	stage selftests || true
+	stage hotplug || true
 	stage static-checks || true
 	stage series || true
 	stage debug-kernel || true
