@@ -1007,24 +1007,20 @@ static bool aio_batch(struct __test_metadata *_metadata, struct nvme_state *s, b
 }
 
 /*
- * Requests of several bios: transfers to consecutive places submitted
- * together, which the block layer merges into fewer requests, each buffer
- * its own mapping (other pages).
+ * Writes @nr transfers of @len bytes from @wbufs and reads them back into
+ * @rbufs, each batch with aio_batch(), then into one buffer: the block layer
+ * merges the transfers into fewer requests of several bios.
  */
-TEST_F_TIMEOUT(nvme, merged_bios, 60)
+static void merged_round_trip(struct __test_metadata *_metadata, struct nvme_state *s,
+			      char **wbufs, char **rbufs, unsigned int nr, __u64 len)
 {
-	struct nvme_state *s = &self->n;
-	unsigned int i, nr = 8;
-	__u64 len = 2 * page_size, pos = random_pos(s, nr * len);
+	__u64 pos = random_pos(s, nr * len);
 	unsigned long long *d = s->delta.v;
-	char *wbufs[8], *rbufs[8], *flat;
+	char *flat = map(nr * len, PROT_READ | PROT_WRITE);
+	unsigned int i;
 
-	flat = map(nr * len, PROT_READ | PROT_WRITE);
 	ASSERT_NE(NULL, flat);
 	for (i = 0; i < nr; i++) {
-		wbufs[i] = map(len, PROT_READ | PROT_WRITE);
-		rbufs[i] = map(len, PROT_READ | PROT_WRITE);
-		ASSERT_TRUE(wbufs[i] && rbufs[i]);
 		fill_random(wbufs[i], len, &s->rng);
 		fill_random(rbufs[i], len, &s->rng);
 	}
@@ -1039,11 +1035,44 @@ TEST_F_TIMEOUT(nvme, merged_bios, 60)
 	}
 	stats_check(_metadata, s, true);
 	EXPECT_GT(2 * nr + 1, d[STAT_REQUESTS]) TH_LOG("no bios merged");
+	munmap(flat, nr * len);
+}
+
+/*
+ * Requests of several bios: transfers to consecutive places submitted
+ * together. From buffers of their own (other pages), then from consecutive
+ * blocks of one page, which make a request of physically contiguous pieces
+ * that do not end pages, as buffer heads of small blocks make them.
+ */
+TEST_F_TIMEOUT(nvme, merged_bios, 60)
+{
+	struct nvme_state *s = &self->n;
+	char *wbufs[8], *rbufs[8], *wpage, *rpage;
+	unsigned int i, nr = ARRAY_SIZE(wbufs);
+	__u64 len = 2 * page_size;
+
+	for (i = 0; i < nr; i++) {
+		wbufs[i] = map(len, PROT_READ | PROT_WRITE);
+		rbufs[i] = map(len, PROT_READ | PROT_WRITE);
+		ASSERT_TRUE(wbufs[i] && rbufs[i]);
+	}
+	merged_round_trip(_metadata, s, wbufs, rbufs, nr, len);
 	for (i = 0; i < nr; i++) {
 		munmap(wbufs[i], len);
 		munmap(rbufs[i], len);
 	}
-	munmap(flat, nr * len);
+
+	wpage = map(page_size, PROT_READ | PROT_WRITE);
+	rpage = map(page_size, PROT_READ | PROT_WRITE);
+	ASSERT_TRUE(wpage && rpage);
+	nr = min_u64(nr, page_size / s->lbs);
+	for (i = 0; i < nr; i++) {
+		wbufs[i] = wpage + i * s->lbs;
+		rbufs[i] = rpage + i * s->lbs;
+	}
+	merged_round_trip(_metadata, s, wbufs, rbufs, nr, s->lbs);
+	munmap(wpage, page_size);
+	munmap(rpage, page_size);
 }
 
 /*
