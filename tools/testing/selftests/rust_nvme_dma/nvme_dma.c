@@ -3,9 +3,10 @@
  * Moves data between QEMU's NVMe disk and user memory through the block
  * device of the Rust NVMe driver (rust_nvme_dma, /dev/rnvme0n1): O_DIRECT
  * requests of many sizes and offsets from anonymous, malloc'ed, THP,
- * hugetlb, scattered and page-cache memory, vectored and buffered I/O,
- * write-zeroes and discard, the errors the block layer gives, the driver's
- * statistics and the DMA path of its mappings, unbinding with I/O in flight
+ * hugetlb, scattered and page-cache memory, vectored I/O, requests of
+ * sub-page segments and of merged bios, buffered I/O, write-zeroes and
+ * discard, the errors the block layer gives, the driver's statistics and
+ * the DMA path of its mappings, swiotlb slots, unbinding with I/O in flight
  * and module unloading. The last case fills the whole disk with the pattern
  * of RUST_NVME_DMA_SEED, which the host checks (harness/nvme_disk_check.py).
  *
