@@ -8,7 +8,7 @@ RFL_CACHE=${RFL_CACHE:-$HOME/.cache/rfl-dma}
 DOWNLOADS=$RFL_CACHE/downloads
 PRISTINE=$RFL_CACHE/linux-pristine
 SRC=$RFL_CACHE/linux
-OBJ=$RFL_CACHE/obj
+OBJ=${RFL_OBJ:-$RFL_CACHE/obj}
 TOOLS=$RFL_CACHE/tools
 OUT=${RFL_OUT:-$REPO/build}
 

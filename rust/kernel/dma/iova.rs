@@ -24,6 +24,14 @@
 //!   linking started, besides syncing the IOTLB;
 //! - dropping the space unlinks what is still linked, then frees the IOVA range.
 //!
+//! For an untrusted device (behind an external-facing port), dma-iommu bounces through swiotlb
+//! every link that starts or ends inside a granule: the device sees the memory as it was when
+//! linked, and the memory gets what the device wrote when the link is unlinked; a space has no
+//! CPU syncs in between. Without a swiotlb pool such links fail with [`ENOMEM`]. swiotlb keeps
+//! the offset inside its granule of what it bounces only where the device's minimum alignment
+//! mask covers the granule (`dma_set_min_align_mask()`): elsewhere a link that starts inside a
+//! granule fails.
+//!
 //! A link that fails leaves nothing behind. When the IOVA path is not available,
 //! [`IovaSpace::try_alloc`] returns `None`: no state exists that a fallback could reuse.
 //!

@@ -45,6 +45,9 @@ use core::{
     slice, //
 };
 
+mod bounce;
+mod faults;
+
 const EDU_VENDOR: u16 = 0x1234;
 const EDU_DEVICE: u16 = 0x11e8;
 const EDU_BAR_SIZE: usize = 0x100;
@@ -370,8 +373,17 @@ fn check_mapping<S: DmaMemory>(
         expected.is_some(),
         "rust_dma_kunit.path= on the command line",
     )?;
-    let expected = expected.ok_or(EINVAL)?;
     // Every memory of these tests meets on IOVA granules.
+    check_mapping_on(dev, mapping, outcome, expected.ok_or(EINVAL)?)
+}
+
+/// Checks as [`check_mapping`] does that the mapping took the path `expected`.
+fn check_mapping_on<S: DmaMemory>(
+    dev: &Device<Bound>,
+    mapping: &DmaMapping<'_, S>,
+    outcome: &mut Outcome,
+    expected: DmaPath,
+) -> Result {
     let path = mapping.path();
     check(path == expected, "path of the machine")?;
     let ranges = mapping.dma_ranges();
@@ -1295,6 +1307,16 @@ mod cases {
     #[test]
     fn limits_of_the_device() {
         assert_eq!(case(device_limits), Ok(()));
+    }
+
+    #[test]
+    fn map_for_an_untrusted_device() {
+        assert_eq!(case(bounce::untrusted_device), Ok(()));
+    }
+
+    #[test]
+    fn allocation_failures() {
+        assert_eq!(case(faults::injected_failures), Ok(()));
     }
 
     #[test]
