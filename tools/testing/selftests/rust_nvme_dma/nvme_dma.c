@@ -1213,6 +1213,9 @@ TEST_F_TIMEOUT(nvme, errors, 60)
 	fill_random(want, guard_len, &s->rng);
 	ASSERT_TRUE(dio(_metadata, s, true, want, guard_len, guard));
 
+	/* A copy of what the failed reads must leave in their buffer. */
+	fill_random(buf, 2 * page_size, &s->rng);
+	memcpy(buf + 4 * page_size, buf, 2 * page_size);
 	stats_begin(_metadata, s);
 	for (i = 0; i < 2; i++) {
 		expect_error(_metadata, i, s->fd, buf, bs - 1, guard, EINVAL);
@@ -1234,6 +1237,8 @@ TEST_F_TIMEOUT(nvme, errors, 60)
 		EXPECT_EQ(-1, preadv(s->fd, odd, 2, guard));
 		EXPECT_EQ(EINVAL, errno);
 	}
+	EXPECT_TRUE(same(_metadata, buf + 4 * page_size, buf, 2 * page_size, 0,
+			 "buffer of the failed reads"));
 
 	/* The device may read a read-only buffer (zeros), not write it. */
 	expect_error(_metadata, false, s->fd, ro, 2 * bs, guard, EFAULT);
@@ -1273,6 +1278,20 @@ TEST_F_TIMEOUT(nvme, errors, 60)
 	ASSERT_TRUE(dio(_metadata, s, false, buf, guard_len, guard));
 	EXPECT_TRUE(same(_metadata, want, buf, guard_len, guard, "blocks at the end"));
 	stats_check(_metadata, s, true);
+
+	/*
+	 * Reading into the hole: the blocks before it, or EFAULT. After the
+	 * exact counts: a buffered read of the rest may follow.
+	 */
+	ret = pread(s->fd, hole, 4 * page_size, guard + 2 * page_size);
+	if (ret == -1) {
+		EXPECT_EQ(EFAULT, errno);
+	} else {
+		TH_LOG("read across a hole after %zu bytes: %zd bytes", 2 * page_size, ret);
+		ASSERT_TRUE(ret <= (ssize_t)(2 * page_size) && !(ret % bs));
+		EXPECT_TRUE(same(_metadata, want + 2 * page_size, hole, ret,
+				 guard + 2 * page_size, "read across a hole"));
+	}
 	munmap(want, size);
 	munmap(buf, size);
 	munmap(ro, 4 * page_size);
