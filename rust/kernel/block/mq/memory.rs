@@ -102,8 +102,11 @@ unsafe impl<T: Operations> DmaMemory for RequestMemory<T> {
     }
 }
 
-/// The ranges of the bio_vecs of a chain of bios, as `bio_for_each_bvec()` walks them:
-/// multi-page bio_vecs whole, clipped by each bio's iterator.
+/// The ranges of the bio_vecs of a chain of bios, as `bio_for_each_bvec()` walks them
+/// (multi-page bio_vecs whole, clipped by each bio's iterator), with physically contiguous
+/// neighbours joined, as the block layer joins them into one segment: the parts of one page that
+/// merged bios hold are one range, which the segment rules of the queue (such as its virtual
+/// boundary) hold for.
 struct BioVecRanges<'a> {
     bio: *mut bindings::bio,
     /// The position in `bio`; `None` after the last bio.
@@ -111,10 +114,9 @@ struct BioVecRanges<'a> {
     _request: PhantomData<&'a ()>,
 }
 
-impl Iterator for BioVecRanges<'_> {
-    type Item = Phyr;
-
-    fn next(&mut self) -> Option<Phyr> {
+impl BioVecRanges<'_> {
+    /// Returns the range of the next bio_vec, or `None` after the last one.
+    fn next_bvec(&mut self) -> Option<Phyr> {
         loop {
             let iter = self.iter.as_mut()?;
             if iter.bi_size == 0 {
@@ -142,6 +144,28 @@ impl Iterator for BioVecRanges<'_> {
                 usize::from_safe_cast(size),
             )
             .ok();
+        }
+    }
+}
+
+impl Iterator for BioVecRanges<'_> {
+    type Item = Phyr;
+
+    fn next(&mut self) -> Option<Phyr> {
+        let mut range = self.next_bvec()?;
+        loop {
+            let saved = (self.bio, self.iter);
+            match self.next_bvec() {
+                Some(next) => match range.join(&next) {
+                    Some(joined) => range = joined,
+                    None => {
+                        // Not contiguous: `next` starts the following range.
+                        (self.bio, self.iter) = saved;
+                        return Some(range);
+                    }
+                },
+                None => return Some(range),
+            }
         }
     }
 }
