@@ -643,8 +643,8 @@ impl<'a> Mapped<'a> {
             }
         };
         // Linking did the cache maintenance; later ownership changes only matter for a
-        // non-coherent device or where dma-iommu bounced parts of a range. DMA-API debug does
-        // not track IOVA links, so syncing what needs none would make it complain.
+        // non-coherent device or where dma-iommu bounced parts of a range: elsewhere, a sync
+        // would cost a call for nothing.
         // SAFETY: `self.dev` is a valid `struct device`.
         let coherent = unsafe { bindings::dev_is_dma_coherent(self.dev.as_raw()) };
         // CAST: the flag is the top bit of the 64-bit size field.
