@@ -8,7 +8,9 @@
 #   RUST_DMA_IOMMU   dmar, virtio or none: the IOMMU translating the devices
 #   RUST_DMA_DOMAIN  DMA, DMA-FQ or identity: the default domain type of the
 #                    devices' IOMMU groups (unset when RUST_DMA_IOMMU=none)
-#   RUST_DMA_SWIOTLB force when streaming DMA must bounce through swiotlb
+#   RUST_DMA_SWIOTLB force when streaming DMA must bounce through swiotlb,
+#                    soft when a swiotlb pool must exist without that
+#                    (iommu=soft), for the devices an IOMMU does not trust
 # The test devices are QEMU's edu device (1234:11e8), which must be
 # present, and NVMe controllers.
 
@@ -58,10 +60,10 @@ group_type_is() {
 }
 
 # With less than 4 GiB of RAM and no memory encryption, x86 sets up the
-# swiotlb pool only when swiotlb=force asks for it.
+# swiotlb pool only when swiotlb=force or iommu=soft asks for it.
 swiotlb_pool_is() {
 	nslabs=$(cat /sys/kernel/debug/swiotlb/io_tlb_nslabs 2>/dev/null || echo 0)
-	if [ "$1" = force ]; then
+	if [ "$1" != none ]; then
 		[ "$nslabs" -gt 0 ] && return 0
 	else
 		[ "$nslabs" -eq 0 ] && return 0
