@@ -230,7 +230,7 @@ case_statistics() {
 	before=$WORK/stats.before
 	after=$WORK/stats.after
 	[ -s "$before" ] && cat "$STATS" > "$after" || return
-	sed 's/^/#   /' "$after"
+	sed '/^$/d; s/^/#   /' "$after"
 	rc=0
 	for name in requests read_bytes write_bytes "mappings_$RUST_NVME_DMA_PATH"; do
 		if [ "$(stat_value "$after" "$name")" -le "$(stat_value "$before" "$name")" ]; then
