@@ -6,6 +6,7 @@
  * page pinned is unpinned again (nr_foll_pin_* in /proc/vmstat).
  */
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -403,6 +404,7 @@ TEST_F(pin, out_of_memory)
 	size_t pages = 1200, i;
 	char *buf = map(pages * page_size, PROT_READ | PROT_WRITE);
 	int fail_nth, nth, failures = 0, late_failures = 0, ret = -ENOMEM;
+	bool injected;
 	char value[16];
 
 	ASSERT_NE(NULL, buf);
@@ -415,20 +417,31 @@ TEST_F(pin, out_of_memory)
 	fail_nth = open("/proc/thread-self/fail-nth", O_RDWR);
 	ASSERT_LE(0, fail_nth);
 
-	for (nth = 1; ret == -ENOMEM && nth < 100; nth++) {
+	/*
+	 * Fail each allocation of the call in turn, until one past the last:
+	 * fail-nth then reads back the count it did not use. An injected
+	 * failure that a fallback absorbs lets the call succeed; the others
+	 * must fail it cleanly.
+	 */
+	for (nth = 1, injected = true; injected && nth < 1000; nth++) {
 		unsigned long before = vmstat_value("nr_foll_pin_acquired");
 
 		snprintf(value, sizeof(value), "%d", nth);
 		ASSERT_LT(0, pwrite(fail_nth, value, strlen(value), 0));
 		ret = pin(self->s.fd, buf, pages * page_size, 1, self->s.got, NULL);
+		memset(value, 0, sizeof(value));
+		ASSERT_LT(0, pread(fail_nth, value, sizeof(value) - 1, 0));
+		injected = atoi(value) == 0;
 		ASSERT_LT(0, pwrite(fail_nth, "0", 1, 0));
 		ASSERT_TRUE(ret == 0 || ret == -ENOMEM) TH_LOG("allocation %d: %d", nth, ret);
+		ASSERT_TRUE(injected || ret == 0) TH_LOG("no failure injected, yet %d", ret);
 		if (ret == -ENOMEM) {
 			failures++;
 			late_failures += vmstat_value("nr_foll_pin_acquired") != before;
 		}
 		pins_since_start(_metadata, &self->s);
 	}
+	ASSERT_FALSE(injected) TH_LOG("still failing allocations after %d", nth);
 	close(fail_nth);
 	TH_LOG("%d allocations failed, %d after pinning had started",
 	       failures, late_failures);

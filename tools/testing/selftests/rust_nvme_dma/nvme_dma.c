@@ -310,6 +310,31 @@ static void stats_begin(struct __test_metadata *_metadata, struct nvme_state *s)
  * in s->delta. Without statistics the case fails but goes on, to check the
  * data.
  */
+/*
+ * Waits up to 10 s until the disk has no request in flight: readahead the
+ * case started may still be reading (and holding swiotlb slots).
+ */
+static bool disk_idle(const char *dev)
+{
+	const char *name = strrchr(dev, '/') ? strrchr(dev, '/') + 1 : dev;
+	unsigned long reads, writes;
+	char path[PATH_MAX];
+	int tries;
+
+	snprintf(path, sizeof(path), "/sys/block/%s/inflight", name);
+	for (tries = 0; tries < 1000; tries++) {
+		FILE *f = fopen(path, "r");
+		int n = f ? fscanf(f, "%lu %lu", &reads, &writes) : 0;
+
+		if (f)
+			fclose(f);
+		if (n == 2 && !reads && !writes)
+			return true;
+		usleep(10000);
+	}
+	return false;
+}
+
 static void stats_check(struct __test_metadata *_metadata, struct nvme_state *s, bool exact)
 {
 	unsigned long long *d = s->delta.v, mapped;
@@ -317,6 +342,7 @@ static void stats_check(struct __test_metadata *_metadata, struct nvme_state *s,
 	char err[256];
 	int i;
 
+	EXPECT_TRUE(disk_idle(target.dev)) TH_LOG("requests still in flight after 10 s");
 	if (!s->have_before || nvme_read_stats(target.stats, &after, err, sizeof(err))) {
 		TH_LOG("%s", s->have_before ? err : "no statistics before the I/O");
 		_metadata->exit_code = KSFT_FAIL;
