@@ -26,3 +26,4 @@ selftest: prepare
 
 bench:
 	@bash harness/bench.sh $(or $(RUN_MS),200) $(CONFIG)
+	@RFL_PREPARED=1 bash harness/bench-fio.sh $(or $(FIO_S),5) $(or $(FIO_ROUNDS),5) $(CONFIG)
