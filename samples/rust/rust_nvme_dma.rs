@@ -423,9 +423,11 @@ impl IoQueue {
         if start + words > self.lists.len() {
             return Err(EINVAL);
         }
-        // SAFETY: The range is inside the allocation; by the safety requirements only the caller
-        // uses it.
-        let lists = unsafe { &mut self.lists.as_mut()[start..start + words] };
+        // SAFETY: The range is inside the allocation and the tags' ranges do not overlap; by the
+        // safety requirements only the caller uses this one, and every bit pattern is a `u64`.
+        let lists = unsafe {
+            core::slice::from_raw_parts_mut(self.lists.as_mut_ptr().cast::<u64>().add(start), words)
+        };
         Ok((
             self.lists.dma_address() + u64::from_safe_cast(start * 8),
             lists,
@@ -443,6 +445,8 @@ struct Identity {
     volatile_write_cache: bool,
     discard: bool,
     write_zeroes: bool,
+    /// DLFEAT: deallocated blocks read as zeroes.
+    deallocated_reads_zeroes: bool,
 }
 
 /// The state of a controller.
@@ -626,16 +630,12 @@ impl Controller {
             return 0;
         };
         queue.pair.reap(bar, |completion| {
+            // A completion of no request in flight (a command cancelled by a reset) is dropped.
             let Some(rq) = self.tagset.tag_to_rq(index, u32::from(completion.id)) else {
-                dev_warn!(
-                    self.pdev,
-                    "completion of unknown command {}\n",
-                    completion.id
-                );
                 return;
             };
-            // Fault injection: the completion is dropped, as if lost; the timeout handler
-            // finds the command done and resets the controller.
+            // Fault injection: the completion is dropped, as if lost; the timeout handler's
+            // Abort then finds no command, and the controller is reset.
             if rq.should_fake_timeout() {
                 return;
             }
@@ -653,26 +653,28 @@ impl Controller {
     /// Fails every request whose command is with the controller: it no longer processes them
     /// (disabled or bus mastering off).
     fn cancel_all(&self) {
-        for index in 0..self.io.len() {
-            // CAST: at most `MAX_IO_QUEUES`.
-            let index = index as u32;
-            for tag in 0..u32::from(IO_ENTRIES - 1) {
-                let Some(rq) = self.tagset.tag_to_rq(index, tag) else {
-                    continue;
-                };
-                let state = rq.data();
-                if state.in_flight.xchg(false, Full) {
-                    Stats::add(&self.stats.failed_requests, 1);
-                    state.status.store(STATUS_CANCELLED, Relaxed);
-                    mq::Request::complete(rq);
-                }
+        self.tagset.for_each_busy(|rq| {
+            let state = rq.data();
+            // Whoever clears `in_flight` ends the request: here, not the completion path.
+            if state.in_flight.xchg(false, Full) {
+                Stats::add(&self.stats.failed_requests, 1);
+                state.status.store(STATUS_CANCELLED, Relaxed);
+                mq::Request::complete(ARef::from(rq));
             }
+            true
+        });
+    }
+
+    /// Waits for the submissions in progress: after the health changed, those that were past
+    /// its check are in their queues once each submission lock was free once.
+    fn drain_submissions(&self) {
+        for queue in &self.io {
+            drop(queue.pair.tail.lock());
         }
     }
 
     /// Sends an Abort for the command of `rq`.
     fn abort(&self, rq: &mq::Request<NvmeQueues>, queue: u32) -> Result {
-        // CAST: at most `MAX_IO_QUEUES`.
         let sqid = queue + 1;
         let result =
             self.admin
@@ -696,11 +698,7 @@ impl Controller {
         Stats::add(&self.stats.resets, 1);
         self.set_health(Health::Resetting);
         dev_warn!(self.pdev, "resetting the controller\n");
-        // Commands submitted before the state changed are in their queues once each
-        // submission lock was free once.
-        for queue in &self.io {
-            drop(queue.pair.tail.lock());
-        }
+        self.drain_submissions();
         let result = self.disable().and_then(|()| {
             self.cancel_all();
             self.enable()
@@ -717,6 +715,7 @@ impl Controller {
     /// Declares the controller lost: stops its DMA, then fails what it had.
     fn lose(&self) {
         self.set_health(Health::Lost);
+        self.drain_submissions();
         if let Ok(bar) = self.bar() {
             bar.write32(0, REG_CC);
         }
@@ -738,6 +737,11 @@ impl Controller {
         let admin = &self.admin;
         admin.queue.pair.clear();
         start_controller(&admin.registers, admin.bar()?, &admin.queue.pair)?;
+        // CAST: at most `MAX_IO_QUEUES`.
+        let count = self.io.len() as u32;
+        if request_queues(admin, count)? < count {
+            return Err(ENODEV);
+        }
         for queue in &self.io {
             queue.pair.clear();
             create_io_queue(admin, &queue.pair)?;
@@ -926,7 +930,8 @@ impl Controller {
             BlockCommand::WriteZeroes if self.identity.write_zeroes => {
                 let (lba, blocks) = self.blocks_of(&rq)?;
                 let mut command = Command::blocks(IO_WRITE_ZEROES, lba, blocks);
-                if !rq.is_no_unmap() {
+                // Deallocating is only allowed where deallocated blocks read as zeroes.
+                if !rq.is_no_unmap() && self.identity.deallocated_reads_zeroes {
                     command.0[12] |= WRITE_ZEROES_DEALLOCATE;
                 }
                 Stats::add(&stats.write_zeroes, 1);
@@ -1047,11 +1052,18 @@ impl Admin {
 #[pinned_drop]
 impl PinnedDrop for Admin {
     fn drop(self: Pin<&mut Self>) {
-        // Last of the controller's parts to go: disable the controller before its admin queue is
-        // freed. No command is in flight (the disk is gone, or probe failed before it existed), or
-        // bus mastering is off.
-        if let Some(bar) = self.registers.bar.try_access() {
-            bar.write32(0, REG_CC);
+        // Last of the controller's parts to go: stop the controller before its queues are
+        // freed. No command is in flight (the disk is gone, or probe failed before it existed),
+        // unless one timed out: then only a controller that reports itself disabled, or bus
+        // mastering cleared, keeps the memory safe.
+        // Dropped with the driver data or in unbind: the device is still bound, and the BAR is
+        // accessed without the RCU read lock of `try_access()`, since waiting sleeps.
+        let Ok(bar) = self.bar() else {
+            return;
+        };
+        bar.write32(0, REG_CC);
+        if wait_status(bar, CSTS_READY, 0, self.registers.ready_timeout).is_err() {
+            self.clear_master();
         }
     }
 }
@@ -1113,6 +1125,19 @@ impl irq::Handler for IoInterrupt {
             IrqReturn::None
         }
     }
+}
+
+/// Asks for `wanted` I/O queue pairs (Set Features, Number of Queues) and returns how many the
+/// controller grants, at most `wanted`.
+fn request_queues(admin: &Admin, wanted: u32) -> Result<u32> {
+    let granted = admin.execute(Command::admin(
+        ADMIN_SET_FEATURES,
+        0,
+        FEATURE_NUMBER_OF_QUEUES,
+        (wanted - 1) << 16 | (wanted - 1),
+    ))?;
+    // Both fields count from zero: submission queues, completion queues.
+    Ok(wanted.min((granted & 0xffff) + 1).min((granted >> 16) + 1))
 }
 
 /// Resets and enables the controller with its admin queue.
@@ -1279,8 +1304,12 @@ impl Operations for NvmeQueues {
             0 => Ok(()),
             _ => Err(EIO),
         };
-        if mq::Request::end(rq, result).is_err() {
-            pr_err!("request still referenced at its completion\n");
+        // A concurrent lookup (`tag_to_rq()` of a completion that lost the race for
+        // `in_flight`) may hold a reference for a moment, with interrupts off: wait for it.
+        let mut rq = rq;
+        while let Err(back) = mq::Request::end(rq, result) {
+            rq = back;
+            kernel::processor::cpu_relax();
         }
     }
 
@@ -1319,6 +1348,11 @@ impl Operations for NvmeQueues {
             );
             if controller.abort(rq, index).is_ok() {
                 return TimeoutAction::ResetTimer;
+            }
+            // The Abort found no command: did it complete meanwhile?
+            controller.reap(index);
+            if !state.in_flight.load(Relaxed) {
+                return TimeoutAction::Done;
             }
         }
         controller.reset_controller();
@@ -1415,6 +1449,7 @@ fn identify(admin: &Admin) -> Result<Identity> {
         volatile_write_cache: controller[525] & 1 != 0,
         discard: oncs & ONCS_DSM != 0,
         write_zeroes: oncs & ONCS_WRITE_ZEROES != 0,
+        deallocated_reads_zeroes: namespace[33] & 7 == 1,
     })
 }
 
@@ -1575,13 +1610,7 @@ impl NvmeDriver {
 
         // CAST: at most `MAX_IO_QUEUES`.
         let wanted = (vectors.len() - 1).min(wanted_queues) as u32;
-        let granted = admin.execute(Command::admin(
-            ADMIN_SET_FEATURES,
-            0,
-            FEATURE_NUMBER_OF_QUEUES,
-            (wanted - 1) << 16 | (wanted - 1),
-        ))?;
-        let count = wanted.min((granted & 0xffff) + 1).min((granted >> 16) + 1);
+        let count = request_queues(&admin, wanted)?;
         // The doorbells of every queue must be inside the BAR.
         admin
             .bar()?
