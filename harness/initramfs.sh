@@ -11,7 +11,8 @@ rm -rf "$stage"
 mkdir -p "$stage"/{bin,dev,proc,sys,tmp,kselftest,etc,usr/bin}
 cp /bin/busybox "$stage/bin/busybox"
 for program in "${BLOCK_CLIENTS[@]}"; do
-	cp -L "$(command -v "$program")" "$stage/usr/bin/$program"
+	path=$(command -v "$program") || die "no $program: harness/setup-toolchain.sh installs it"
+	cp -L "$path" "$stage/usr/bin/$program"
 done
 # mke2fs's defaults per file system type.
 cp /etc/mke2fs.conf "$stage/etc/"
