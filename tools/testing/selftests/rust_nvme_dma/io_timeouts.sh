@@ -80,14 +80,30 @@ stat_value() {
 	awk -v name="$1" '$1 == name { print $2; found = 1 } END { exit !found }' "$STATS"
 }
 
-# fio without verification: mixed random I/O at queue depth 16. fio runs
-# its jobs as threads (--thread) here: the kill then stops every job, and
-# they need no System V shared memory. Usage: run_fio NAME
+# Runs fio in the background for at most FIO_KILL_AFTER seconds; returns
+# its status, or 137 if it had to be killed. fio runs its jobs as threads
+# (--thread): a kill then stops every job, and they need no System V shared
+# memory. A fio whose I/O never ends cannot even die: it is left behind,
+# rather than hanging this test. Usage: bounded_fio LOG OPTION...
+bounded_fio() {
+	log=$1
+	shift
+	fio --thread "$@" > "$log" 2>&1 &
+	pid=$!
+	if ! wait_for $FIO_KILL_AFTER "! kill -0 $pid 2>/dev/null"; then
+		kill -KILL $pid
+		wait_for 5 "! kill -0 $pid 2>/dev/null" && wait $pid
+		return 137
+	fi
+	wait $pid
+}
+
+# fio without verification: mixed random I/O at queue depth 16.
+# Usage: run_fio NAME
 run_fio() {
-	timeout -s KILL $FIO_KILL_AFTER fio --name="$1" --filename="$DEV" --thread \
+	bounded_fio "$WORK/$1.log" --name="$1" --filename="$DEV" \
 		--numjobs=2 --size=8M --offset_increment=8M --ioengine=libaio --direct=1 \
-		--rw=randrw --bs=16k --iodepth=16 --time_based --runtime=20 \
-		> "$WORK/$1.log" 2>&1
+		--rw=randrw --bs=16k --iodepth=16 --time_based --runtime=20
 }
 
 # Injection on: fio runs until requests time out, and must end with I/O
@@ -147,10 +163,10 @@ case_timeouts_aborts_resets_counted() {
 case_verified_io_after_resets() {
 	resets=$(stat_value resets) && timeouts=$(stat_value timeouts) &&
 		failed=$(stat_value failed_requests) || return
-	timeout -s KILL $FIO_KILL_AFTER fio --name=verify --filename="$DEV" --thread \
+	bounded_fio "$WORK/verify.log" --name=verify --filename="$DEV" \
 		--numjobs=2 --size=8M --offset_increment=8M --ioengine=libaio --direct=1 \
 		--rw=randwrite --bs=16k --iodepth=16 --verify=crc32c --do_verify=1 \
-		--verify_fatal=1 > "$WORK/verify.log" 2>&1
+		--verify_fatal=1
 	status=$?
 	if [ $status -ne 0 ]; then
 		ktap_print_msg "verified fio failed with status $status:"
