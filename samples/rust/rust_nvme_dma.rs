@@ -23,6 +23,7 @@
 //! driver both match NVMe controllers: choose with `driver_override`. Documentation:
 //! `Documentation/core-api/dma-mapping-rust.rst`.
 
+use core::cell::UnsafeCell;
 use kernel::{
     block::mq::{
         self,
@@ -36,6 +37,8 @@ use kernel::{
         TagSet,
         TimeoutAction, //
     },
+    cpu::CpuId,
+    cpumask::CpumaskVar,
     debugfs::{
         Dir,
         File, //
@@ -558,11 +561,38 @@ impl fmt::Debug for StatsFile {
 /// deleted at unbind before the device is unbound (see [`Controller::device`]).
 type RequestMapping = DmaMapping<'static, RequestMemory<NvmeQueues>>;
 
+/// Where a request's mapping waits for the completion.
+///
+/// # Invariants
+///
+/// Accessed only by the owner of the request's command, in turn, without overlap: `queue_rq`
+/// until it sets `in_flight` (or fails the request without setting it), then whoever clears
+/// `in_flight` (the completion path or a cancellation), which passes it on to the `complete`
+/// callback. The atomic `in_flight` (set under the submission lock, cleared with a full
+/// barrier) and blk-mq's completion (an IPI or the same CPU) order the accesses.
+struct MappingSlot(UnsafeCell<Option<RequestMapping>>);
+
+// SAFETY: By the type invariants, one thread at a time accesses the slot, in an order that the
+// barriers above make visible; the mapping itself may move between threads (`DmaMapping` is
+// `Send`).
+unsafe impl Sync for MappingSlot {}
+
+impl MappingSlot {
+    /// Replaces the mapping.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the request's command, as the type invariants say.
+    unsafe fn replace(&self, mapping: Option<RequestMapping>) -> Option<RequestMapping> {
+        // SAFETY: By the safety requirements, nothing else accesses the slot now.
+        unsafe { core::mem::replace(&mut *self.0.get(), mapping) }
+    }
+}
+
 /// The driver data of a request.
 #[pin_data]
 struct RequestState {
-    #[pin]
-    mapping: SpinLockIrq<Option<RequestMapping>>,
+    mapping: MappingSlot,
     /// Whether the command is with the controller: set at submission, cleared by whoever ends
     /// the request first, its completion or its cancellation.
     in_flight: Atomic<bool>,
@@ -946,7 +976,8 @@ impl Controller {
         state.status.store(0, Relaxed);
         state.aborted.store(false, Relaxed);
         state.queue.store(queue.index, Relaxed);
-        *state.mapping.lock() = mapping;
+        // SAFETY: `queue_rq` owns the command until it sets `in_flight`.
+        unsafe { state.mapping.replace(mapping) };
         // CAST: tags are less than `IO_ENTRIES`.
         let tag = rq.tag() as u16;
         queue.pair.submit(bar, command, tag, move || {
@@ -956,15 +987,15 @@ impl Controller {
             let health = self.health();
             if health != Health::Live {
                 // Not submitted: no completion will come.
-                let mapping = state.mapping.lock().take();
-                drop(mapping);
+                // SAFETY: Not submitted: `queue_rq` still owns the command.
+                drop(unsafe { state.mapping.replace(None) });
                 return Err(if health == Health::Lost {
                     EIO
                 } else {
                     RETRY_LATER
                 });
             }
-            state.in_flight.store(true, Relaxed);
+            state.in_flight.store(true, Release);
             // Dropped before the doorbell: the completion ends the request, so from then on the
             // driver holds no reference to it but the mapping's.
             Ok(rq)
@@ -1264,7 +1295,7 @@ impl Operations for NvmeQueues {
 
     fn new_request_data() -> impl PinInit<RequestState, Error> {
         try_pin_init!(RequestState {
-            mapping <- new_spinlock_irq!(None),
+            mapping: MappingSlot(UnsafeCell::new(None)),
             in_flight: Atomic::new(false),
             status: Atomic::new(0),
             aborted: Atomic::new(false),
@@ -1297,9 +1328,9 @@ impl Operations for NvmeQueues {
 
     fn complete(rq: ARef<mq::Request<Self>>) {
         let state = rq.data();
-        // Unmap first, out of the lock: the mapping holds a reference to the request.
-        let mapping = state.mapping.lock().take();
-        drop(mapping);
+        // Unmap first: the mapping holds a reference to the request.
+        // SAFETY: The completion owns the command: whoever cleared `in_flight` passed it on.
+        drop(unsafe { state.mapping.replace(None) });
         let result = match state.status.load(Relaxed) {
             0 => Ok(()),
             _ => Err(EIO),
@@ -1666,6 +1697,23 @@ impl NvmeDriver {
                 GFP_KERNEL,
             )?;
             io_interrupts.push(registration, GFP_KERNEL)?;
+        }
+
+        // Each queue's completions on the CPUs that submit to it: requests end where they
+        // started, without waking another CPU.
+        for (queue, registration) in (0..count).zip(&io_interrupts) {
+            let mut cpus = CpumaskVar::new_zero(GFP_KERNEL)?;
+            for cpu in (0..kernel::cpu::nr_cpu_ids()).filter_map(CpuId::from_u32) {
+                if tagset.hw_queue_of_cpu(cpu) == Some(queue) {
+                    cpus.set(cpu);
+                }
+            }
+            if !cpus.empty() {
+                // Only a cost if it fails: completions then wake the submitting CPU.
+                if let Err(e) = registration.set_affinity(&cpus) {
+                    dev_warn!(pdev, "queue {} interrupt affinity: {e:?}\n", queue + 1);
+                }
+            }
         }
 
         let name = CString::try_from_fmt(fmt!("rnvme{}", index.0))?;
