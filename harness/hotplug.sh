@@ -73,8 +73,9 @@ awk -v kept="$logfile.checked" -v set_aside="$logfile.pciehp-lockdep" '
 	{ printf "%s%s\n", held, $0 > kept; held = "" }
 	END { printf "%s", held > kept; if (report != "") flush(kept) }' "$logfile"
 check_kernel_log "$name/kernel_log" "$logfile.checked"
-[ ! -s "$logfile.pciehp-lockdep" ] ||
-	record SKIP "$name/kernel_log_pciehp_lockdep" "upstream pciehp_unconfigure_device() lock order report set aside, lockdep off after it (see $logfile)"
+set_aside="lockdep report of pciehp_unconfigure_device()'s lock order set aside,"
+set_aside+=" lockdep off after it (see $logfile.pciehp-lockdep)"
+[ ! -s "$logfile.pciehp-lockdep" ] || record SKIP "$name/kernel_log_pciehp_lockdep" "$set_aside"
 
 pins=$(sed -n 's/^RFL-VMSTAT //p' "$logfile")
 read -r _ acquired _ released <<<"$pins"

@@ -217,7 +217,14 @@ case_writers_failed() {
 
 case_new_disk_works() {
 	echo "RFL-HOTPLUG-PLUG $ROUND"
-	find_disk || { ktap_print_msg "no disk of $DRIVER $HERE_WITHIN s after the plug request"; return 1; }
+	if ! find_disk; then
+		ktap_print_msg "no disk of $DRIVER $HERE_WITHIN s after the plug request;" \
+			"bound: $(bound_controllers | tr '\n' ' ')"
+		for disk in /sys/block/*; do
+			ktap_print_msg "$disk -> $(readlink -f "$disk")"
+		done
+		return 1
+	fi
 	head -c $((4 << 20)) /dev/urandom > "$WORK/data"
 	"$DD" if="$WORK/data" of="$DEV" bs=256k oflag=direct status=none &&
 		"$DD" if="$DEV" of="$WORK/back" bs=256k count=16 iflag=direct status=none &&
