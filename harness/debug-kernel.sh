@@ -27,6 +27,8 @@ if DEBUG_KERNEL=1 bash "$REPO/harness/build.sh" 2>&1 | tee "$OUT/debug/build.log
 	record PASS debug/build "$((SECONDS - start)) s"
 	DEBUG_KERNEL=1 bash "$REPO/harness/kunit.sh" "$@" || true
 	DEBUG_KERNEL=1 bash "$REPO/harness/selftests.sh" "$@" || true
+	# Hot-unplug under load, with KASAN and DMA-API debug watching.
+	DEBUG_KERNEL=1 bash "$REPO/harness/hotplug.sh" || true
 else
 	record FAIL debug/build "building the debug kernel failed (see $OUT/debug/build.log)"
 fi
