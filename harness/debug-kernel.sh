@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0
 # Builds the debug guest kernel (DEBUG_KERNEL=1 in lib.sh: the guest
 # fragments plus harness/debug.config, in its own object directory) and runs
-# the KUnit suites and the kselftests on it, on the machines of
+# the KUnit suites, the kselftests and the hot-unplug boot on it, on the machines of
 # harness/matrix given (default: vtd-strict and swiotlb). Its results count
 # like the normal ones, named debug/...
 # Usage: debug-kernel.sh [CONFIG...]
