@@ -50,10 +50,10 @@ wait_for() {
 	done
 }
 
-# Runs a command, its output kept in $WORK/$1.log and shown as diagnostics
-# when it fails. Usage: logged NAME COMMAND...
+# Runs a command, its output kept in the file $WORK/$1 and shown as
+# diagnostics when it fails. Usage: logged LOG COMMAND...
 logged() {
-	log=$WORK/$1.log
+	log=$WORK/$1
 	shift
 	"$@" > "$log" 2>&1 && return 0
 	ktap_print_msg "$* failed with status $?:"
@@ -89,7 +89,7 @@ bind_controller() {
 		if [ -d "/sys/module/$DRIVER" ]; then
 			echo "$BDF" > /sys/bus/pci/drivers_probe || return
 		else
-			logged modprobe modprobe "$DRIVER" || return
+			logged modprobe.log modprobe "$DRIVER" || return
 		fi
 	fi
 	wait_for 10 "[ -b $DEV ]" && return
@@ -124,33 +124,34 @@ make_tree() {
 }
 
 case_mkfs_ext4() {
-	logged mkfs mkfs.ext4 -F -q "$DEV"
+	logged mkfs.log mkfs.ext4 -F -q "$DEV"
 }
 
 case_ext4_write_tree() {
 	mkdir -p "$MNT" "$WORK/tree" &&
 		make_tree "$WORK/tree" &&
-		(cd "$WORK/tree" && find . -type f | sort | xargs sha256sum) > "$WORK/tree.sha256" &&
-		logged mount mount -t ext4 "$DEV" "$MNT" &&
+		(cd "$WORK/tree" && find . -type f | sort | xargs sha256sum) \
+			> "$WORK/tree.sha256" &&
+		logged mount.log mount -t ext4 "$DEV" "$MNT" &&
 		cp -a "$WORK/tree/." "$MNT/" &&
 		sync &&
-		logged umount umount "$MNT" &&
+		logged umount.log umount "$MNT" &&
 		ktap_print_msg "$(wc -l < "$WORK/tree.sha256") files of $(du -sk "$WORK/tree" |
 			cut -f1) KiB written"
 }
 
 case_fsck_ext4_clean() {
-	logged fsck fsck.ext4 -fn "$DEV"
+	logged fsck.log fsck.ext4 -fn "$DEV"
 }
 
 # The files read back from the device: the page cache is dropped first.
 case_ext4_read_tree() {
 	echo 3 > /proc/sys/vm/drop_caches &&
-		logged mount mount -t ext4 "$DEV" "$MNT" || return
+		logged mount.log mount -t ext4 "$DEV" "$MNT" || return
 	(cd "$MNT" && logged sha256 sha256sum -c "$WORK/tree.sha256")
 	rc=$?
 	count=$(cd "$MNT" && find . -type f | wc -l)
-	logged umount umount "$MNT" || rc=1
+	logged umount.log umount "$MNT" || rc=1
 	[ "$count" -eq "$(wc -l < "$WORK/tree.sha256")" ] && return $rc
 	ktap_print_msg "$count files on the file system, $(wc -l < "$WORK/tree.sha256") written"
 	return 1
@@ -189,11 +190,11 @@ case_fio_verify_buffered_sequential() {
 # dd_round_trip OFFSET LENGTH WRITE_BS READ_BS
 dd_round_trip() {
 	head -c "$2" "$WORK/random" > "$WORK/dd.in" &&
-		logged dd-write "$DD" if="$WORK/dd.in" of="$DEV" bs="$3" \
+		logged dd-write.log "$DD" if="$WORK/dd.in" of="$DEV" bs="$3" \
 			oflag=direct,seek_bytes seek="$1" &&
-		logged dd-read "$DD" if="$DEV" of="$WORK/dd.out" bs="$4" \
+		logged dd-read.log "$DD" if="$DEV" of="$WORK/dd.out" bs="$4" \
 			iflag=direct,skip_bytes,count_bytes skip="$1" count="$2" &&
-		logged cmp cmp "$WORK/dd.in" "$WORK/dd.out"
+		logged cmp.log cmp "$WORK/dd.in" "$WORK/dd.out"
 }
 
 case_dd_direct_block_multiple() {
@@ -220,7 +221,7 @@ case_dd_direct_unaligned_length() {
 		{ ktap_print_msg "read: $(cat "$WORK/dd.err")"; return 1; }
 	echo 1 > /proc/sys/vm/drop_caches
 	"$DD" if="$DEV" of="$WORK/after" bs=4096 count=1 iflag=direct 2>/dev/null &&
-		logged cmp-unchanged cmp "$WORK/before" "$WORK/after"
+		logged cmp-unchanged.log cmp "$WORK/before" "$WORK/after"
 }
 
 # The statistics since the disk appeared, against STATS_BEFORE: requests
@@ -322,7 +323,7 @@ case_rmmod_during_fio() {
 	[ ! -e "$PCI/driver" ] || echo "$BDF" > "/sys/bus/pci/drivers/$DRIVER/unbind" ||
 		unbound=false
 	fio_failed && $refused && $unbound || return 1
-	logged rmmod rmmod "$DRIVER" && disk_gone || return
+	logged rmmod.log rmmod "$DRIVER" && disk_gone || return
 	[ ! -d "/sys/module/$DRIVER" ] && return
 	ktap_print_msg "module $DRIVER still loaded after rmmod"
 	return 1
