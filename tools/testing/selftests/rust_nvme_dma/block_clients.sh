@@ -243,7 +243,8 @@ case_statistics() {
 		[ "$path" != "$RUST_NVME_DMA_PATH" ] || continue
 		if [ "$(stat_value "$after" "mappings_$path")" -ne \
 			"$(stat_value "$before" "mappings_$path")" ]; then
-			ktap_print_msg "mappings_$path grew, expected only mappings_$RUST_NVME_DMA_PATH"
+			expected=mappings_$RUST_NVME_DMA_PATH
+			ktap_print_msg "mappings_$path grew, expected only $expected"
 			rc=1
 		fi
 	done
