@@ -324,10 +324,7 @@ fn every_allocation(edu: &Edu<'_>, outcome: &mut Outcome) -> Result {
         per_range,
     )?;
     // A debug kernel absorbs some injected failures (fallbacks of its own allocations).
-    check(
-        each.errors >= 1,
-        "the lists of DMA ranges fail the mapping",
-    )?;
+    check(each.errors >= 1, "the lists of DMA ranges fail the mapping")?;
     // 33 whole pages: more than the IOVA caches keep (32), so behind an IOMMU the IOVA is
     // allocated from the tree (dma-iommu retries a failed allocation once, after freeing the
     // cached ranges: the mapping recovers), and the IOMMU driver may allocate for its page
