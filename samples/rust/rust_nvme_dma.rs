@@ -483,6 +483,7 @@ struct Stats {
     timeouts: Atomic<u64>,
     aborts: Atomic<u64>,
     resets: Atomic<u64>,
+    losses: Atomic<u64>,
 }
 
 impl Default for Stats {
@@ -505,6 +506,7 @@ impl Default for Stats {
             timeouts: Atomic::new(0),
             aborts: Atomic::new(0),
             resets: Atomic::new(0),
+            losses: Atomic::new(0),
         }
     }
 }
@@ -538,6 +540,7 @@ impl fmt::Debug for Stats {
             ("timeouts", &self.timeouts),
             ("aborts", &self.aborts),
             ("resets", &self.resets),
+            ("losses", &self.losses),
         ];
         for (name, counter) in counters {
             writeln!(f, "{name} {}", counter.load(Relaxed))?;
@@ -744,7 +747,9 @@ impl Controller {
 
     /// Declares the controller lost: stops its DMA, then fails what it had.
     fn lose(&self) {
-        self.set_health(Health::Lost);
+        if self.health.xchg(Health::Lost as u32, Full) != Health::Lost as u32 {
+            Stats::add(&self.stats.losses, 1);
+        }
         self.drain_submissions();
         if let Ok(bar) = self.bar() {
             bar.write32(0, REG_CC);

@@ -8,6 +8,9 @@
 # to abort, resets the controller, failing what was in flight. fio must end
 # with I/O errors, not hang; the driver's statistics must count the timeouts,
 # aborts and resets; with the injection off again, verified I/O must work.
+# Then the controller dies under fio (its memory decoding turned off): the
+# driver must declare it lost, fail what it had and every later request
+# without mapping anything, and work again once unbound and bound.
 # It binds the first NVMe controller (PCI class 010802) to the driver through
 # driver_override and destroys the data on its disk.
 #
@@ -38,6 +41,8 @@ cleanup() {
 	[ -w "/sys/block/$DISK/io-timeout-fail" ] && echo 0 > "/sys/block/$DISK/io-timeout-fail"
 	[ -d "$FAULT" ] && echo 0 > "$FAULT/probability"
 	[ -n "$SAVED_IO_TIMEOUT" ] && echo "$SAVED_IO_TIMEOUT" > "/sys/block/$DISK/queue/io_timeout"
+	# For the tests after this one, should it end with the controller dead.
+	[ -n "$BDF" ] && set_memory_decoding 1
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -80,6 +85,50 @@ stat_value() {
 	awk -v name="$1" '$1 == name { print $2; found = 1 } END { exit !found }' "$STATS"
 }
 
+# Sets (1) or clears (0) the Memory Space Enable bit (bit 1) of the Command
+# register (offset 4) of the controller's configuration space. Cleared, the
+# controller's registers read as zeroes and its doorbells are never rung, as
+# if it had died. Binding a driver does not set it again: the device stays
+# enabled after an unbind.
+set_memory_decoding() {
+	config=/sys/bus/pci/devices/$BDF/config
+	# shellcheck disable=SC2046 # the register's two bytes
+	set -- "$1" $(od -An -tu1 -j 4 -N 2 "$config")
+	low=$(($1 ? $2 | 2 : $2 & ~2))
+	# shellcheck disable=SC2059 # the format is the bytes to write
+	printf "\\$(printf %o "$low")\\$(printf %o "$3")" |
+		dd of="$config" bs=2 count=1 seek=2 conv=notrunc 2>/dev/null
+}
+
+# The counters of what the driver maps and writes for the controller.
+mapping_counters() {
+	for name in mappings_iova mappings_iommu mappings_direct mappings_bounce \
+		prp_list_pages sgl_segments; do
+		stat_value "$name" || return
+	done | tr '\n' ' '
+}
+
+# Succeeds if fio's status $1 in round $2 is an I/O error, not a success or
+# a hang.
+fio_failed_with_eio() {
+	case $1 in
+	0)
+		ktap_print_msg "$2: fio succeeded"
+		return 1
+		;;
+	137)
+		ktap_print_msg "$2: fio hung, killed after $FIO_KILL_AFTER s"
+		return 1
+		;;
+	esac
+	error=$(grep -m 1 -o 'err=[^,]*, [^:]*: [^=]*' "$WORK/$2.log")
+	ktap_print_msg "$2: fio failed with status $1 ($error)"
+	case $error in
+	*"Input/output error"*) ;;
+	*) return 1 ;;
+	esac
+}
+
 # Runs fio in the background for at most FIO_KILL_AFTER seconds; returns
 # its status, or 137 if it had to be killed. fio runs its jobs as threads
 # (--thread): a kill then stops every job, and they need no System V shared
@@ -120,25 +169,7 @@ case_fio_errors_on_timeouts() {
 	for round in $(seq $FIO_ROUNDS); do
 		echo "$FAULT_TIMES" > "$FAULT/times" || return
 		run_fio "timeouts-$round"
-		status=$?
-		case $status in
-		0)
-			ktap_print_msg "round $round: fio succeeded despite the timeouts"
-			rc=1
-			;;
-		137)
-			ktap_print_msg "round $round: fio hung, killed after $FIO_KILL_AFTER s"
-			rc=1
-			;;
-		*)
-			error=$(grep -m 1 -o 'err=[^,]*, [^:]*: [^=]*' "$WORK/timeouts-$round.log")
-			ktap_print_msg "round $round: fio failed with status $status ($error)"
-			case $error in
-			*"Input/output error"*) ;;
-			*) rc=1 ;;
-			esac
-			;;
-		esac
+		fio_failed_with_eio $? "timeouts-$round" || rc=1
 	done
 	echo 0 > "/sys/block/$DISK/io-timeout-fail" && echo 0 > "$FAULT/probability" || return
 	return $rc
@@ -180,6 +211,57 @@ case_verified_io_after_resets() {
 	return 1
 }
 
+# Memory decoding off while fio runs: the timeout handler's Abort times out,
+# the reset fails what was in flight (fio ends with I/O errors) and finds
+# that the controller does not become ready: it is declared lost.
+case_lost_controller_fails_io() {
+	losses=$(stat_value losses) || return
+	(
+		sleep 3
+		set_memory_decoding 0
+	) &
+	run_fio lost
+	status=$?
+	wait
+	fio_failed_with_eio $status lost || return
+	# CAP.TO of QEMU's controller: 7.5 s for it to become ready.
+	wait_for 15 "[ \$(stat_value losses) -gt $losses ]"
+	after=$(stat_value losses) || return
+	ktap_print_msg "losses: $losses -> $after"
+	[ "$after" -eq $((losses + 1)) ]
+}
+
+# Once lost, a request fails before anything is mapped for it or written to
+# a descriptor page the controller may still read.
+case_nothing_mapped_once_lost() {
+	before=$(mapping_counters) || return
+	bounded_fio "$WORK/after-loss.log" --name=after-loss --filename="$DEV" \
+		--ioengine=psync --direct=1 --rw=read --bs=64k --size=1M
+	fio_failed_with_eio $? after-loss || return
+	after=$(mapping_counters) || return
+	[ "$after" = "$before" ] && return
+	ktap_print_msg "mapped or described for a lost controller: $before-> $after"
+	return 1
+}
+
+# Unbound (nothing left mapped: DMA-API debugging and the pin and swiotlb
+# checks of the boot see to it), memory decoding on again as if the
+# controller came back, and bound again: verified I/O works.
+case_rebind_after_loss() {
+	echo "$BDF" > "/sys/bus/pci/drivers/$DRIVER/unbind" &&
+		wait_for 10 "[ ! -b $DEV ]" &&
+		set_memory_decoding 1 &&
+		echo "$BDF" > /sys/bus/pci/drivers_probe &&
+		wait_for 10 "[ -b $DEV ]" || return
+	bounded_fio "$WORK/rebound.log" --name=rebound --filename="$DEV" \
+		--numjobs=2 --size=8M --offset_increment=8M --ioengine=libaio --direct=1 \
+		--rw=randwrite --bs=16k --iodepth=16 --verify=crc32c --do_verify=1 \
+		--verify_fatal=1 && [ "$(stat_value losses)" = 0 ] && return
+	ktap_print_msg "after the rebind:"
+	tail -n 10 "$WORK/rebound.log" | sed 's/^/#   /'
+	return 1
+}
+
 ktap_print_header
 [ -d "$FAULT" ] || ktap_exit_fail_msg "no $FAULT (CONFIG_FAIL_IO_TIMEOUT, debugfs)"
 command -v fio > /dev/null || ktap_exit_fail_msg "fio not found"
@@ -190,9 +272,10 @@ SAVED_IO_TIMEOUT=$(cat "/sys/block/$DISK/queue/io_timeout")
 echo $IO_TIMEOUT_MS > "/sys/block/$DISK/queue/io_timeout" ||
 	ktap_exit_fail_msg "cannot set the request timeout of $DISK"
 
-ktap_set_plan 3
+ktap_set_plan 6
 for name in fio_errors_on_timeouts timeouts_aborts_resets_counted \
-	verified_io_after_resets; do
+	verified_io_after_resets lost_controller_fails_io nothing_mapped_once_lost \
+	rebind_after_loss; do
 	ktap_test_result "$name" "case_$name"
 done
 ktap_finished
