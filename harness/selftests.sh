@@ -21,14 +21,27 @@ while read -r name viommu args; do
 	[ $# -eq 0 ] || [[ " $* " == *" $name "* ]] || continue
 	log "kselftests on $name ($viommu vIOMMU, $args)"
 	logfile=$OUT/selftest-$name.log
-	rm -f "$logfile"
+	rm -f "$logfile" "$logfile.qemu-crash"
 	start=$SECONDS
-	seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
-	rc=0
-	# shellcheck disable=SC2086 # kernel arguments are split on purpose
-	bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args RUST_NVME_DMA_SEED="$seed" || rc=$?
+	for attempt in 1 2; do
+		seed=$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')
+		rc=0
+		# shellcheck disable=SC2086 # kernel arguments are split on purpose
+		bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args RUST_NVME_DMA_SEED="$seed" ||
+			rc=$?
+		# QEMU 10.0.2 itself crashes now and then (SIGSEGV in its NVMe
+		# controller's nvme_rw_complete_cb: one boot in 19 that forced
+		# timeouts): that boot is kept aside, recorded as skipped, and run
+		# again once.
+		if [ $rc -ne 139 ] || [ $attempt -eq 2 ]; then
+			break
+		fi
+		mv "$logfile" "$logfile.qemu-crash"
+		record SKIP "selftest/$name/qemu_crash" \
+			"QEMU crashed (SIGSEGV), the boot runs again (see $logfile.qemu-crash)"
+	done
 
-	if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
+	if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
 		record FAIL "selftest/$name/boot" "guest hung: killed after ${BOOT_TIMEOUT:-300} s (see $logfile)"
 	elif ! grep -q '^RFL-GUEST-DONE' "$logfile"; then
 		record FAIL "selftest/$name/boot" "guest did not finish (qemu rc=$rc, see $logfile)"
