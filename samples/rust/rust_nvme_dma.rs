@@ -1222,6 +1222,13 @@ fn create_io_queue(admin: &Admin, pair: &QueuePair) -> Result {
     Ok(())
 }
 
+/// Whether the controller behind `bar` is gone: its registers read as all ones (removed), or
+/// `CAP` reads as zero, which no controller has (`CAP.MQES` is at least 1): its memory decoding
+/// is off, or it stopped answering.
+fn controller_gone(bar: &pci::Bar<'_, BAR_SIZE>) -> bool {
+    bar.read32(REG_CSTS) == GONE || bar.read32(REG_CAP_LO) == 0
+}
+
 /// Waits until the status register's bits `mask` read `value`; [`EIO`] on a fatal status or a
 /// removed device.
 fn wait_status(bar: &pci::Bar<'_, BAR_SIZE>, mask: u32, value: u32, timeout: Delta) -> Result {
@@ -1367,11 +1374,8 @@ impl Operations for NvmeQueues {
         if !state.in_flight.load(Relaxed) {
             return TimeoutAction::Done;
         }
-        let gone = controller
-            .bar()
-            .map_or(true, |bar| bar.read32(REG_CSTS) == GONE);
-        if gone {
-            dev_err!(controller.pdev, "controller removed\n");
+        if controller.bar().map_or(true, controller_gone) {
+            dev_err!(controller.pdev, "controller gone\n");
             controller.lose();
             return TimeoutAction::Done;
         }
@@ -1807,10 +1811,7 @@ impl pci::Driver for NvmeDriver {
 
     fn unbind<'bound>(_pdev: &'bound pci::Device<Core<'_>>, this: Pin<&Self::Data<'bound>>) {
         let controller = &this.parts.controller;
-        if controller
-            .bar()
-            .map_or(true, |bar| bar.read32(REG_CSTS) == GONE)
-        {
+        if controller.bar().map_or(true, controller_gone) {
             // Surprise removal: fail what the controller had, instead of waiting for timeouts.
             controller.lose();
         }

@@ -19,6 +19,7 @@
 
 DIR=$(dirname "$(readlink -f "$0")")
 . "$DIR/../kselftest/ktap_helpers.sh"
+. "$DIR/nvme_dma_lib.sh"
 
 DRIVER=${NVME_BLK_DRIVER:-rust_nvme_dma}
 case $DRIVER in
@@ -40,16 +41,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Polls the shell condition $2 every 0.1 s for at most $1 seconds.
-wait_for() {
-	tries=$(($1 * 10))
-	while ! eval "$2"; do
-		tries=$((tries - 1))
-		[ $tries -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
 # Runs a command, its output kept in the file $WORK/$1 and shown as
 # diagnostics when it fails. Usage: logged LOG COMMAND...
 logged() {
@@ -61,45 +52,8 @@ logged() {
 	return 1
 }
 
-# GNU dd, for iflag=direct: the path is needed, as a busybox shell may run
-# its own dd applet for a plain "dd".
-gnu_dd() {
-	for dir in $(echo "$PATH" | tr : ' '); do
-		"$dir/dd" --version 2>/dev/null | grep -q coreutils && echo "$dir/dd" && return
-	done
-}
-
-first_nvme_controller() {
-	for pci in /sys/bus/pci/devices/*; do
-		[ "$(cat "$pci/class")" = 0x010802 ] && basename "$pci" && return
-	done
-}
-
 bound_driver() {
 	basename "$(readlink "$PCI/driver")" 2>/dev/null
-}
-
-# Binds the controller to DRIVER (loading it if needed) and waits for the
-# disk.
-bind_controller() {
-	current=$(bound_driver)
-	if [ "$current" != "$DRIVER" ]; then
-		[ -z "$current" ] || echo "$BDF" > "$PCI/driver/unbind" || return
-		echo "$DRIVER" > "$PCI/driver_override" || return
-		if [ -d "/sys/module/$DRIVER" ]; then
-			echo "$BDF" > /sys/bus/pci/drivers_probe || return
-		else
-			logged modprobe.log modprobe "$DRIVER" || return
-		fi
-	fi
-	wait_for 10 "[ -b $DEV ]" && return
-	ktap_print_msg "$DEV missing 10 s after binding $BDF to $DRIVER"
-	return 1
-}
-
-# One value of the driver's statistics file ("name value" lines).
-stat_value() {
-	awk -v name="$2" '$1 == name { print $2; found = 1 } END { exit !found }' "$1"
 }
 
 # Reads and writes completed on the disk, from /sys/block.
@@ -331,7 +285,7 @@ case_rmmod_during_fio() {
 }
 
 case_reload_verify() {
-	bind_controller &&
+	bind_controller "$BDF" &&
 		fio_verified reloaded --ioengine=libaio --direct=1 --rw=randwrite --size=2M
 }
 
@@ -344,7 +298,7 @@ for program in mkfs.ext4 fsck.ext4 fio; do
 done
 DD=$(gnu_dd)
 [ -n "$DD" ] || ktap_exit_fail_msg "no GNU dd (coreutils) in PATH"
-bind_controller || ktap_exit_fail_msg "cannot bind $BDF to $DRIVER"
+bind_controller "$BDF" || ktap_exit_fail_msg "cannot bind $BDF to $DRIVER"
 ktap_print_msg "$DEV: $BDF bound to $DRIVER, $(cat "/sys/block/$DISK/size") sectors," \
 	"logical block $(cat "/sys/block/$DISK/queue/logical_block_size") B"
 [ "$DRIVER" = nvme ] || cat "$STATS" > "$WORK/stats.before" ||

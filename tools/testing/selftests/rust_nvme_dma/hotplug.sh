@@ -21,6 +21,7 @@
 
 DIR=$(dirname "$(readlink -f "$0")")
 . "$DIR/../kselftest/ktap_helpers.sh"
+. "$DIR/nvme_dma_lib.sh"
 
 DRIVER=rust_nvme_dma
 ROUNDS=${RFL_HOTPLUG_ROUNDS:-2}
@@ -44,23 +45,6 @@ cleanup() {
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# Polls the shell condition $2 every 0.1 s for at most $1 seconds.
-wait_for() {
-	tries=$(($1 * 10))
-	while ! eval "$2"; do
-		tries=$((tries - 1))
-		[ $tries -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-# GNU dd, for oflag=direct: busybox sh would run its own dd applet.
-gnu_dd() {
-	for dir in $(echo "$PATH" | tr : ' '); do
-		"$dir/dd" --version 2>/dev/null | grep -q coreutils && echo "$dir/dd" && return
-	done
-}
 
 # The NVMe controllers (PCI class 010802) bound to the driver.
 bound_controllers() {

@@ -9,8 +9,9 @@
 # with I/O errors, not hang; the driver's statistics must count the timeouts,
 # aborts and resets; with the injection off again, verified I/O must work.
 # Then the controller dies under fio (its memory decoding turned off): the
-# driver must declare it lost, fail what it had and every later request
-# without mapping anything, and work again once unbound and bound.
+# driver must declare it lost, turn its bus mastering off, fail what it had
+# and every later request without mapping anything, and work again once
+# unbound and bound.
 # It binds the first NVMe controller (PCI class 010802) to the driver through
 # driver_override and destroys the data on its disk.
 #
@@ -19,6 +20,7 @@
 
 DIR=$(dirname "$(readlink -f "$0")")
 . "$DIR/../kselftest/ktap_helpers.sh"
+. "$DIR/nvme_dma_lib.sh"
 
 DRIVER=rust_nvme_dma
 DISK=rnvme0n1
@@ -41,54 +43,22 @@ cleanup() {
 	[ -w "/sys/block/$DISK/io-timeout-fail" ] && echo 0 > "/sys/block/$DISK/io-timeout-fail"
 	[ -d "$FAULT" ] && echo 0 > "$FAULT/probability"
 	[ -n "$SAVED_IO_TIMEOUT" ] && echo "$SAVED_IO_TIMEOUT" > "/sys/block/$DISK/queue/io_timeout"
-	# For the tests after this one, should it end with the controller dead.
-	[ -n "$BDF" ] && set_memory_decoding 1
+	# For the tests after this one, should it end with the controller lost.
+	[ "$(stat_value "$STATS" losses)" = 0 ] || revive_controller
 	rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-# Polls the shell condition $2 every 0.1 s for at most $1 seconds.
-wait_for() {
-	tries=$(($1 * 10))
-	while ! eval "$2"; do
-		tries=$((tries - 1))
-		[ $tries -gt 0 ] || return 1
-		sleep 0.1
-	done
-}
-
-first_nvme_controller() {
-	for pci in /sys/bus/pci/devices/*; do
-		[ "$(cat "$pci/class")" = 0x010802 ] && basename "$pci" && return
-	done
-}
-
-# Binds the controller to the driver (loading it if needed) and waits for
-# the disk.
-bind_controller() {
-	pci=/sys/bus/pci/devices/$1
-	current=$(basename "$(readlink "$pci/driver")" 2>/dev/null)
-	if [ "$current" != "$DRIVER" ]; then
-		[ -z "$current" ] || echo "$1" > "$pci/driver/unbind" || return
-		echo "$DRIVER" > "$pci/driver_override" || return
-		if [ -d "/sys/module/$DRIVER" ]; then
-			echo "$1" > /sys/bus/pci/drivers_probe || return
-		else
-			modprobe "$DRIVER" || return
-		fi
-	fi
-	wait_for 10 "[ -b $DEV ]"
-}
-
-# One counter of the driver's statistics ("name value" lines).
-stat_value() {
-	awk -v name="$1" '$1 == name { print $2; found = 1 } END { exit !found }' "$STATS"
+# The low byte of the Command register (offset 4) of the controller's
+# configuration space.
+command_register() {
+	od -An -tu1 -j 4 -N 1 "/sys/bus/pci/devices/$BDF/config"
 }
 
 # Sets (1) or clears (0) the Memory Space Enable bit (bit 1) of the Command
-# register (offset 4) of the controller's configuration space. Cleared, the
-# controller's registers read as zeroes and its doorbells are never rung, as
-# if it had died. Binding a driver does not set it again: the device stays
+# register. Cleared, the controller's registers no longer answer (QEMU reads
+# them as zeroes, a real device as all ones) and its doorbells are never rung,
+# as if it had died. Binding a driver does not set it again: the device stays
 # enabled after an unbind.
 set_memory_decoding() {
 	config=/sys/bus/pci/devices/$BDF/config
@@ -100,12 +70,25 @@ set_memory_decoding() {
 		dd of="$config" bs=2 count=1 seek=2 conv=notrunc 2>/dev/null
 }
 
-# The counters of what the driver maps and writes for the controller.
+# The counters of the requests the driver sends, what it maps and writes
+# for them, on one line.
 mapping_counters() {
-	for name in mappings_iova mappings_iommu mappings_direct mappings_bounce \
+	counters=
+	for name in requests mappings_iova mappings_iommu mappings_direct mappings_bounce \
 		prp_list_pages sgl_segments; do
-		stat_value "$name" || return
-	done | tr '\n' ' '
+		counters="$counters $(stat_value "$STATS" "$name")" || return
+	done
+	echo "$counters"
+}
+
+# Unbinds the lost controller, turns its memory decoding on again as if it
+# came back, and binds it again.
+revive_controller() {
+	echo "$BDF" > "/sys/bus/pci/drivers/$DRIVER/unbind" &&
+		wait_for 10 "[ ! -b $DEV ]" &&
+		set_memory_decoding 1 &&
+		echo "$BDF" > /sys/bus/pci/drivers_probe &&
+		wait_for 10 "[ -b $DEV ]"
 }
 
 # Succeeds if fio's status $1 in round $2 is an I/O error, not a success or
@@ -159,7 +142,7 @@ run_fio() {
 # errors (the reset fails the requests in flight) instead of hanging.
 case_fio_errors_on_timeouts() {
 	for name in timeouts aborts resets failed_requests; do
-		stat_value "$name" > "$WORK/$name.before" || return
+		stat_value "$STATS" "$name" > "$WORK/$name.before" || return
 	done
 	echo 100 > "$FAULT/probability" &&
 		echo "$FAULT_INTERVAL" > "$FAULT/interval" &&
@@ -182,7 +165,7 @@ case_timeouts_aborts_resets_counted() {
 	rc=0
 	for name in timeouts aborts resets failed_requests; do
 		before=$(cat "$WORK/$name.before")
-		after=$(stat_value "$name") || return
+		after=$(stat_value "$STATS" "$name") || return
 		ktap_print_msg "$name: $before -> $after"
 		[ "$after" -gt "$before" ] || rc=1
 	done
@@ -192,8 +175,8 @@ case_timeouts_aborts_resets_counted() {
 # Injection off: a verified write and read of 16 MiB with no error, no
 # timeout and no reset.
 case_verified_io_after_resets() {
-	resets=$(stat_value resets) && timeouts=$(stat_value timeouts) &&
-		failed=$(stat_value failed_requests) || return
+	resets=$(stat_value "$STATS" resets) && timeouts=$(stat_value "$STATS" timeouts) &&
+		failed=$(stat_value "$STATS" failed_requests) || return
 	bounded_fio "$WORK/verify.log" --name=verify --filename="$DEV" \
 		--numjobs=2 --size=8M --offset_increment=8M --ioengine=libaio --direct=1 \
 		--rw=randwrite --bs=16k --iodepth=16 --verify=crc32c --do_verify=1 \
@@ -204,31 +187,35 @@ case_verified_io_after_resets() {
 		tail -n 10 "$WORK/verify.log" | sed 's/^/#   /'
 		return 1
 	fi
-	[ "$(stat_value resets)" = "$resets" ] && [ "$(stat_value timeouts)" = "$timeouts" ] &&
-		[ "$(stat_value failed_requests)" = "$failed" ] && return
+	[ "$(stat_value "$STATS" resets)" = "$resets" ] &&
+		[ "$(stat_value "$STATS" timeouts)" = "$timeouts" ] &&
+		[ "$(stat_value "$STATS" failed_requests)" = "$failed" ] && return
 	ktap_print_msg "timeouts, resets or failures without injection:"
 	sed 's/^/#   /' "$STATS"
 	return 1
 }
 
-# Memory decoding off while fio runs: the timeout handler's Abort times out,
-# the reset fails what was in flight (fio ends with I/O errors) and finds
-# that the controller does not become ready: it is declared lost.
+# Memory decoding off while fio runs: at the first timeout the driver finds
+# the controller gone and declares it lost: bus mastering off, what was in
+# flight failed, and fio ends with I/O errors.
 case_lost_controller_fails_io() {
-	losses=$(stat_value losses) || return
+	losses=$(stat_value "$STATS" losses) || return
 	(
 		sleep 3
 		set_memory_decoding 0
 	) &
+	decoding_off=$!
 	run_fio lost
 	status=$?
-	wait
+	wait $decoding_off
 	fio_failed_with_eio $status lost || return
-	# CAP.TO of QEMU's controller: 7.5 s for it to become ready.
-	wait_for 15 "[ \$(stat_value losses) -gt $losses ]"
-	after=$(stat_value losses) || return
+	after=$(stat_value "$STATS" losses) || return
 	ktap_print_msg "losses: $losses -> $after"
-	[ "$after" -eq $((losses + 1)) ]
+	[ "$after" -eq $((losses + 1)) ] || return
+	# Bus Master Enable: bit 2.
+	[ $(($(command_register) & 4)) -eq 0 ] && return
+	ktap_print_msg "bus mastering still on for the lost controller"
+	return 1
 }
 
 # Once lost, a request fails before anything is mapped for it or written to
@@ -240,23 +227,19 @@ case_nothing_mapped_once_lost() {
 	fio_failed_with_eio $? after-loss || return
 	after=$(mapping_counters) || return
 	[ "$after" = "$before" ] && return
-	ktap_print_msg "mapped or described for a lost controller: $before-> $after"
+	ktap_print_msg "sent, mapped or described for a lost controller: $before ->$after"
 	return 1
 }
 
 # Unbound (nothing left mapped: DMA-API debugging and the pin and swiotlb
-# checks of the boot see to it), memory decoding on again as if the
-# controller came back, and bound again: verified I/O works.
+# checks of the boot see to it), memory decoding on again and bound again:
+# verified I/O works.
 case_rebind_after_loss() {
-	echo "$BDF" > "/sys/bus/pci/drivers/$DRIVER/unbind" &&
-		wait_for 10 "[ ! -b $DEV ]" &&
-		set_memory_decoding 1 &&
-		echo "$BDF" > /sys/bus/pci/drivers_probe &&
-		wait_for 10 "[ -b $DEV ]" || return
+	revive_controller || return
 	bounded_fio "$WORK/rebound.log" --name=rebound --filename="$DEV" \
 		--numjobs=2 --size=8M --offset_increment=8M --ioengine=libaio --direct=1 \
 		--rw=randwrite --bs=16k --iodepth=16 --verify=crc32c --do_verify=1 \
-		--verify_fatal=1 && [ "$(stat_value losses)" = 0 ] && return
+		--verify_fatal=1 && [ "$(stat_value "$STATS" losses)" = 0 ] && return
 	ktap_print_msg "after the rebind:"
 	tail -n 10 "$WORK/rebound.log" | sed 's/^/#   /'
 	return 1
