@@ -30,7 +30,7 @@ while read -r name viommu args; do
 		bash "$REPO/harness/boot.sh" "$logfile" "$viommu" $args RUST_NVME_DMA_SEED="$seed" ||
 			rc=$?
 		# QEMU 10.0.2 itself crashes now and then (SIGSEGV in its NVMe
-		# controller's nvme_rw_complete_cb: one boot in 19 that forced
+		# controller's nvme_rw_complete_cb: two boots of 38 that forced
 		# timeouts): that boot runs again once, recorded as skipped; what
 		# its log shows up to the crash still counts.
 		if [ $rc -ne 139 ] || [ $attempt -eq 2 ]; then
