@@ -2,8 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0
 #
 # Hot-unplug of an NVMe controller driven by the Rust NVMe driver
-# (samples/rust/rust_nvme_dma.rs) while an ext4 writer and direct I/O run
-# on its disk, and hot-plug of a new one, in rounds. The host takes the
+# (samples/rust/rust_nvme_dma.rs) while an ext4 writer and fio's direct
+# I/O run on its disk, and hot-plug of a new one, in rounds. The host takes the
 # controller away and brings a new one (harness/hotplug.sh: QEMU's
 # device_del and device_add on a PCIe root port) when this script prints
 #   RFL-HOTPLUG-UNPLUG <round>   the controller may go now
@@ -16,7 +16,7 @@
 # to the new disk reads back. Not run as a kselftest of its own: it needs
 # the host's side (RFL_HOTPLUG in harness/guest-init).
 #
-# Needs mkfs.ext4 (e2fsprogs) and GNU dd (coreutils).
+# Needs mkfs.ext4 (e2fsprogs), fio and GNU dd (coreutils).
 # Environment: RFL_HOTPLUG_ROUNDS, the number of rounds (default 2).
 
 DIR=$(dirname "$(readlink -f "$0")")
@@ -77,8 +77,9 @@ disk_ios() {
 	awk '{ print $1 + $5 }' "/sys/block/${DEV#/dev/}/stat" 2>/dev/null || echo 0
 }
 
-# The writers: one writing files on ext4 and syncing, two writing the disk
-# directly with O_DIRECT, each in a loop that ends at its first error.
+# The writers: one writing files on ext4 and syncing, in a loop that ends
+# at its first error, and fio writing the disk after the file system with
+# O_DIRECT in two jobs.
 start_writers() {
 	WRITER_PIDS=
 	(
@@ -89,21 +90,15 @@ start_writers() {
 		echo "ext4 writer: $i files, then an error"
 	) > "$WORK/writer-ext4.log" 2>&1 &
 	WRITER_PIDS=$!
-	for job in 0 1; do
-		(
-			i=0
-			while "$DD" if=/dev/urandom of="$DEV" bs=64k count=$((DIRECT_MIB * 8)) \
-				seek=$(((FS_MIB + job * DIRECT_MIB / 2) * 16)) oflag=direct \
-				conv=notrunc status=none; do
-				i=$((i + 1))
-			done
-			echo "direct writer $job: $i passes, then an error"
-		) > "$WORK/writer-direct-$job.log" 2>&1 &
-		WRITER_PIDS="$WRITER_PIDS $!"
-	done
+	# fio ends at its first I/O error, or after an hour.
+	fio --thread --name=direct --filename="$DEV" --numjobs=2 --offset="${FS_MIB}M" \
+		--size=$((DIRECT_MIB / 2))M --offset_increment=$((DIRECT_MIB / 2))M \
+		--ioengine=libaio --direct=1 --rw=randwrite --bs=64k --iodepth=16 \
+		--time_based --runtime=3600 > "$WORK/writer-fio.log" 2>&1 &
+	WRITER_PIDS="$WRITER_PIDS $!"
 }
 
-# Every writer ended (with an error: they loop until one).
+# Every writer ended (with an error: they run until one).
 writers_ended() {
 	for pid in $WRITER_PIDS; do
 		kill -0 "$pid" 2>/dev/null && return 1
@@ -135,9 +130,14 @@ case_writers_failed() {
 		ktap_print_msg "writers still running $WRITERS_END_WITHIN s after the unplug"
 		return 1
 	fi
-	for log in "$WORK"/writer-*.log; do
-		ktap_print_msg "$(tail -n 1 "$log")"
-	done
+	ktap_print_msg "$(tail -n 1 "$WORK/writer-ext4.log")"
+	error=$(grep -m 1 -o 'io_u error.*' "$WORK/writer-fio.log")
+	if [ -z "$error" ]; then
+		ktap_print_msg "fio ended without an I/O error:"
+		tail -n 5 "$WORK/writer-fio.log" | sed 's/^/#   /'
+		return 1
+	fi
+	ktap_print_msg "fio: $error"
 	WRITER_PIDS=
 	# The file system's device is gone: only a lazy unmount can work.
 	umount -l "$MNT"
@@ -165,6 +165,7 @@ ktap_print_header
 DD=$(gnu_dd)
 [ -n "$DD" ] || ktap_exit_fail_msg "no GNU dd (coreutils) in PATH"
 command -v mkfs.ext4 > /dev/null || ktap_exit_fail_msg "mkfs.ext4 not found"
+command -v fio > /dev/null || ktap_exit_fail_msg "fio not found"
 for pci in /sys/bus/pci/devices/*; do
 	[ "$(cat "$pci/class")" = 0x010802 ] && echo $DRIVER > "$pci/driver_override"
 done
