@@ -97,7 +97,9 @@ use kernel::{
         },
         barrier::{
             dma_mb,
-            Read, //
+            mb,
+            Read,
+            Write, //
         },
         Arc,
         ArcBorrow,
@@ -146,6 +148,7 @@ const ADMIN_CREATE_CQ: u8 = 0x05;
 const ADMIN_IDENTIFY: u8 = 0x06;
 const ADMIN_ABORT: u8 = 0x08;
 const ADMIN_SET_FEATURES: u8 = 0x09;
+const ADMIN_DOORBELL_BUFFER_CONFIG: u8 = 0x7c;
 const FEATURE_NUMBER_OF_QUEUES: u32 = 0x07;
 const IO_FLUSH: u8 = 0x00;
 const IO_WRITE: u8 = 0x01;
@@ -163,6 +166,8 @@ const DSM_DEALLOCATE: u32 = 1 << 2;
 /// ONCS bits of Identify Controller: Dataset Management, Write Zeroes.
 const ONCS_DSM: u16 = 1 << 2;
 const ONCS_WRITE_ZEROES: u16 = 1 << 3;
+/// OACS bit of Identify Controller: Doorbell Buffer Config.
+const OACS_DOORBELL_BUFFER_CONFIG: u16 = 1 << 8;
 
 /// PSDT: the data pointer is an SGL.
 const PSDT_SGL: u32 = 1 << 14;
@@ -267,6 +272,8 @@ struct QueuePair {
     /// Offsets of the submission tail and completion head doorbells.
     tail_doorbell: usize,
     head_doorbell: usize,
+    /// The controller's shadow doorbells, for I/O queues of a controller that has them.
+    shadow: Option<Arc<ShadowDoorbells>>,
     #[pin]
     tail: SpinLockIrq<u16>,
     #[pin]
@@ -279,11 +286,15 @@ impl QueuePair {
         id: u16,
         entries: u16,
         stride: usize,
+        shadow: Option<Arc<ShadowDoorbells>>,
     ) -> Result<impl PinInit<Self, Error>> {
         let entries_usize = usize::from(entries);
         let submissions = Coherent::zeroed_slice(dev, entries_usize * 16, GFP_KERNEL)?;
         let completions = Coherent::zeroed_slice(dev, entries_usize * 4, GFP_KERNEL)?;
         let doorbell = DOORBELLS + 2 * usize::from(id) * stride;
+        if let Some(shadow) = &shadow {
+            shadow.check(doorbell + stride)?;
+        }
         // INVARIANT: sizes as documented, tail and head at 0; callers pass at least 2 entries.
         Ok(try_pin_init!(Self {
             id,
@@ -292,6 +303,7 @@ impl QueuePair {
             completions,
             tail_doorbell: doorbell,
             head_doorbell: doorbell + stride,
+            shadow,
             tail <- new_spinlock_irq!(0),
             head <- new_spinlock_irq!(CompletionHead { head: 0, phase: true }),
         }? Error))
@@ -313,6 +325,10 @@ impl QueuePair {
         // SAFETY: The controller is disabled and reads or writes no entry, and the locks keep
         // the driver away; every bit pattern is a valid `u32`.
         unsafe { self.completions.as_mut() }.fill(0);
+        if let Some(shadow) = &self.shadow {
+            shadow.clear(self.tail_doorbell);
+            shadow.clear(self.head_doorbell);
+        }
         *tail = 0;
         *head = CompletionHead {
             head: 0,
@@ -345,9 +361,7 @@ impl QueuePair {
         }
         let next = self.next(*tail);
         drop(admitted);
-        // `writel()` orders the entry's writes before the doorbell, whose offset probe checked
-        // to be inside the BAR.
-        let _ = bar.try_write32(u32::from(next), self.tail_doorbell);
+        self.ring(bar, self.tail_doorbell, *tail, next);
         // INVARIANT: less than `entries`.
         *tail = next;
         Ok(())
@@ -357,6 +371,7 @@ impl QueuePair {
     /// the number of completions.
     fn reap(&self, bar: &pci::Bar<'_, BAR_SIZE>, mut complete: impl FnMut(Completion)) -> usize {
         let mut position = self.head.lock();
+        let old_head = position.head;
         let completions = self.completions.as_ptr().cast::<u32>();
         let mut count = 0;
         loop {
@@ -385,10 +400,121 @@ impl QueuePair {
             });
         }
         if count > 0 {
-            // Nothing to do if the device is gone: its commands are failed by the driver.
-            let _ = bar.try_write32(u32::from(position.head), self.head_doorbell);
+            self.ring(bar, self.head_doorbell, old_head, position.head);
         }
         count
+    }
+
+    /// Moves the doorbell at offset `doorbell` from `old` to `new`, the caller holding the lock
+    /// of its tail or head. With shadow doorbells, the register is written only if the
+    /// controller asks for it.
+    fn ring(&self, bar: &pci::Bar<'_, BAR_SIZE>, doorbell: usize, old: u16, new: u16) {
+        if let Some(shadow) = &self.shadow {
+            if !shadow.update(doorbell, old, new) {
+                return;
+            }
+        }
+        // `writel()` orders the queue's entries before the doorbell, whose offset probe checked
+        // to be inside the BAR. Nothing to do if the device is gone: its commands are failed by
+        // the driver.
+        let _ = bar.try_write32(u32::from(new), doorbell);
+    }
+}
+
+/// Shadow doorbells (Doorbell Buffer Config, for emulated controllers): the driver writes the
+/// I/O queues' tails and heads to memory the controller reads, and the registers only when the
+/// controller's event index for the doorbell says it is waiting for them. Each costs a trap to
+/// the hypervisor that emulates the controller.
+///
+/// # Invariants
+///
+/// `doorbells` and `event_indexes` have the same length; the controller writes only
+/// `event_indexes`.
+struct ShadowDoorbells {
+    doorbells: Coherent<[u32]>,
+    event_indexes: Coherent<[u32]>,
+    /// Register writes saved, for the statistics.
+    skipped: Atomic<u64>,
+}
+
+impl ShadowDoorbells {
+    /// Allocates shadow doorbells for `queues` I/O queues with doorbell stride `stride`.
+    fn new(dev: &device::Device<Bound>, queues: usize, stride: usize) -> Result<Self> {
+        // The registers' layout: the doorbells of the admin queue first, then each I/O queue's.
+        let words = (2 * (queues + 1) * stride / 4).max(CTRL_PAGE / 4);
+        // INVARIANT: both of `words` words.
+        Ok(Self {
+            doorbells: Coherent::zeroed_slice(dev, words, GFP_KERNEL)?,
+            event_indexes: Coherent::zeroed_slice(dev, words, GFP_KERNEL)?,
+            skipped: Atomic::new(0),
+        })
+    }
+
+    /// Returns the Doorbell Buffer Config command that gives the buffers to the controller.
+    fn config_command(&self) -> Command {
+        let mut command = Command::new(ADMIN_DOORBELL_BUFFER_CONFIG, 0);
+        command.set_pointer(
+            self.doorbells.dma_address(),
+            self.event_indexes.dma_address(),
+        );
+        command
+    }
+
+    /// Returns the word index of the doorbell register at offset `doorbell`.
+    fn word(doorbell: usize) -> usize {
+        (doorbell - DOORBELLS) / 4
+    }
+
+    /// Returns [`EINVAL`] if the doorbell at offset `doorbell` has no shadow.
+    fn check(&self, doorbell: usize) -> Result {
+        if Self::word(doorbell) < self.doorbells.len() {
+            Ok(())
+        } else {
+            Err(EINVAL)
+        }
+    }
+
+    /// Zeroes the shadow and the event index of the doorbell at offset `doorbell`, whose queue
+    /// the controller does not have.
+    fn clear(&self, doorbell: usize) {
+        let word = Self::word(doorbell);
+        for buffer in [&self.doorbells, &self.event_indexes] {
+            // SAFETY: `check()` accepted the doorbell at creation of its queue: `word` is inside
+            // both buffers (type invariants); the controller, which has no such queue, writes
+            // neither word now.
+            unsafe { buffer.as_mut_ptr().cast::<u32>().add(word).write_volatile(0) };
+        }
+    }
+
+    /// Writes `new` to the shadow of the doorbell at offset `doorbell`, which held `old`, and
+    /// returns whether the register must be written too: the controller's event index (the
+    /// value it read last) is `old` or later, so it has caught up and waits for the register.
+    /// Otherwise it reads the shadow again before it stops.
+    fn update(&self, doorbell: usize, old: u16, new: u16) -> bool {
+        let word = Self::word(doorbell);
+        // The queue's entries before the shadow that announces them.
+        mb(Write);
+        // SAFETY: As in `clear()`; the controller only reads the shadow, hence the volatile
+        // write.
+        unsafe {
+            self.doorbells
+                .as_mut_ptr()
+                .cast::<u32>()
+                .add(word)
+                .write_volatile(u32::from(new).to_le())
+        };
+        // The shadow before the event index the controller sets once it has read it.
+        mb(Full);
+        // SAFETY: As in `clear()`; the controller writes the event index, hence the volatile
+        // read.
+        let event = unsafe { self.event_indexes.as_ptr().cast::<u32>().add(word).read_volatile() };
+        // CAST: the event index is the low 16 bits, like the doorbell.
+        let event = u32::from_le(event) as u16;
+        let needed = new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
+        if !needed {
+            Stats::add(&self.skipped, 1);
+        }
+        needed
     }
 }
 
@@ -450,6 +576,7 @@ struct Identity {
     write_zeroes: bool,
     /// DLFEAT: deallocated blocks read as zeroes.
     deallocated_reads_zeroes: bool,
+    shadow_doorbells: bool,
 }
 
 /// The state of a controller.
@@ -513,7 +640,10 @@ impl Default for Stats {
 
 impl Stats {
     fn add(counter: &Atomic<u64>, value: u64) {
-        counter.fetch_add(value, Relaxed);
+        // The counters are shared by every CPU: no atomic operation for nothing.
+        if value != 0 {
+            counter.fetch_add(value, Relaxed);
+        }
     }
 }
 
@@ -554,7 +684,9 @@ struct StatsFile(Arc<Controller>);
 
 impl fmt::Debug for StatsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.stats.fmt(f)
+        self.0.stats.fmt(f)?;
+        let skipped = self.0.shadow.as_ref().map_or(0, |shadow| shadow.skipped.load(Relaxed));
+        writeln!(f, "doorbell_writes_skipped {skipped}")
     }
 }
 
@@ -570,8 +702,8 @@ type RequestMapping = DmaMapping<'static, RequestMemory<NvmeQueues>>;
 ///
 /// Accessed only by the owner of the request's command, in turn, without overlap: `queue_rq`
 /// until it sets `in_flight` (or fails the request without setting it), then whoever clears
-/// `in_flight` (the completion path or a cancellation), which passes it on to the `complete`
-/// callback. The atomic `in_flight` (set under the submission lock, cleared with a full
+/// `in_flight` (the completion path or a cancellation), which drops the mapping or passes it on
+/// to the `complete` callback. The atomic `in_flight` (set under the submission lock, cleared with a full
 /// barrier) and blk-mq's completion (an IPI or the same CPU) order the accesses.
 struct MappingSlot(UnsafeCell<Option<RequestMapping>>);
 
@@ -615,6 +747,7 @@ struct Controller {
     io: KVec<Arc<IoQueue>>,
     tagset: Arc<TagSet<NvmeQueues>>,
     identity: Identity,
+    shadow: Option<Arc<ShadowDoorbells>>,
     health: Atomic<u32>,
     /// Serializes resets.
     #[pin]
@@ -662,7 +795,10 @@ impl Controller {
         let (Ok(queue), Ok(bar)) = (self.queue(index), self.bar()) else {
             return 0;
         };
-        queue.pair.reap(bar, |completion| {
+        // Requests that completed without error end together once the completion queue is
+        // reaped, as the C driver does.
+        let mut batch = mq::CompletionBatch::new();
+        let reaped = queue.pair.reap(bar, |completion| {
             // A completion of no request in flight (a command cancelled by a reset) is dropped.
             let Some(rq) = self.tagset.tag_to_rq(index, u32::from(completion.id)) else {
                 return;
@@ -673,14 +809,25 @@ impl Controller {
                 return;
             }
             let state = rq.data();
-            if state.in_flight.xchg(false, Full) {
-                if completion.status != 0 {
-                    Stats::add(&self.stats.failed_requests, 1);
-                }
-                state.status.store(completion.status, Relaxed);
+            if !state.in_flight.xchg(false, Full) {
+                return;
+            }
+            state.status.store(completion.status, Relaxed);
+            if completion.status != 0 {
+                Stats::add(&self.stats.failed_requests, 1);
+                mq::Request::complete(rq);
+                return;
+            }
+            // Unmap first: the mapping holds a reference to the request.
+            // SAFETY: Clearing `in_flight` made this path the owner of the command.
+            drop(unsafe { state.mapping.replace(None) });
+            // A concurrent lookup holds a reference: `complete` waits for it.
+            if let Err(rq) = batch.end_ok(rq) {
                 mq::Request::complete(rq);
             }
-        })
+        });
+        drop(batch);
+        reaped
     }
 
     /// Fails every request whose command is with the controller: it no longer processes them
@@ -780,6 +927,9 @@ impl Controller {
         for queue in &self.io {
             queue.pair.clear();
             create_io_queue(admin, &queue.pair)?;
+        }
+        if let Some(shadow) = &self.shadow {
+            admin.execute(shadow.config_command())?;
         }
         Ok(())
     }
@@ -1490,6 +1640,7 @@ fn identify(admin: &Admin) -> Result<Identity> {
         discard: oncs & ONCS_DSM != 0,
         write_zeroes: oncs & ONCS_WRITE_ZEROES != 0,
         deallocated_reads_zeroes: namespace[33] & 7 == 1,
+        shadow_doorbells: le16(controller, 256) & OACS_DOORBELL_BUFFER_CONFIG != 0,
     })
 }
 
@@ -1611,7 +1762,7 @@ impl NvmeDriver {
                 pdev: pdev.into(),
                 registers: Registers { bar, ready_timeout },
                 queue <- try_pin_init!(AdminQueue {
-                    pair <- QueuePair::new(dev, 0, ADMIN_ENTRIES, stride)?,
+                    pair <- QueuePair::new(dev, 0, ADMIN_ENTRIES, stride, None)?,
                     next_id: Atomic::new(0),
                     command <- new_mutex!(()),
                     done <- new_spinlock_irq!(None),
@@ -1656,21 +1807,32 @@ impl NvmeDriver {
             .bar()?
             .try_read32(DOORBELLS + (2 * usize::from_safe_cast(count) + 1) * stride)
             .map_err(|_| ENODEV)?;
+        let shadow = match identity.shadow_doorbells {
+            true => Some(Arc::new(
+                ShadowDoorbells::new(dev, usize::from_safe_cast(count), stride)?,
+                GFP_KERNEL,
+            )?),
+            false => None,
+        };
         let mut io = KVec::with_capacity(usize::from_safe_cast(count), GFP_KERNEL)?;
         let list_words = usize::from(io_entries - 1) * LIST_PAGES * CTRL_PAGE / 8;
         for index in 0..count {
             // CAST: at most `MAX_IO_QUEUES`.
             let id = index as u16 + 1;
+            let queue_shadow = shadow.clone();
             let queue = Arc::pin_init(
                 try_pin_init!(IoQueue {
                     index,
-                    pair <- QueuePair::new(dev, id, io_entries, stride)?,
+                    pair <- QueuePair::new(dev, id, io_entries, stride, queue_shadow)?,
                     lists: Coherent::zeroed_slice(dev, list_words, GFP_KERNEL)?,
                 }? Error),
                 GFP_KERNEL,
             )?;
             create_io_queue(&admin, &queue.pair)?;
             io.push(queue, GFP_KERNEL)?;
+        }
+        if let Some(shadow) = &shadow {
+            admin.execute(shadow.config_command())?;
         }
         let tagset = Arc::pin_init(TagSet::new(count, u32::from(io_entries - 1), 1), GFP_KERNEL)?;
         let (controller_admin, controller_tagset) = (admin.clone(), tagset.clone());
@@ -1681,6 +1843,7 @@ impl NvmeDriver {
                 io,
                 tagset: controller_tagset,
                 identity,
+                shadow,
                 health: Atomic::new(Health::Live as u32),
                 reset <- new_mutex!(()),
                 stats: Stats::default(),

@@ -180,14 +180,16 @@ case_dd_direct_unaligned_length() {
 
 # The statistics since the disk appeared, against STATS_BEFORE: requests
 # and bytes grew, mappings grew on the expected DMA path only, no request
-# failed.
+# failed. QEMU's controller has shadow doorbells (Doorbell Buffer Config):
+# with fio's queue depths, some doorbell register writes were not needed.
 case_statistics() {
 	before=$WORK/stats.before
 	after=$WORK/stats.after
 	[ -s "$before" ] && cat "$STATS" > "$after" || return
 	sed '/^$/d; s/^/#   /' "$after"
 	rc=0
-	for name in requests read_bytes write_bytes "mappings_$RUST_NVME_DMA_PATH"; do
+	for name in requests read_bytes write_bytes "mappings_$RUST_NVME_DMA_PATH" \
+		doorbell_writes_skipped; do
 		if [ "$(stat_value "$after" "$name")" -le "$(stat_value "$before" "$name")" ]; then
 			ktap_print_msg "$name did not grow"
 			rc=1

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Requests ended together, as a hardware driver's interrupt handler finds
+//! their completions.
+//!
+//! C header: [`include/linux/blk-mq.h`](srctree/include/linux/blk-mq.h)
+
+use crate::{
+    bindings,
+    block::mq::{Operations, Request},
+    sync::aref::ARef,
+};
+use core::marker::PhantomData;
+
+/// A batch of requests that completed without error, ended all at once when
+/// the batch is dropped (a C [`struct io_comp_batch`] with
+/// `blk_mq_end_request_batch()`).
+///
+/// Ending requests in a batch reads the clock once and gives their tags and
+/// queue references back in groups instead of one by one. A driver creates
+/// the batch where it handles a completion interrupt, adds each request that
+/// completed without error, and drops the batch when the interrupt is
+/// handled.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{
+///     block::mq::{
+///         CompletionBatch,
+///         Operations,
+///         Request, //
+///     },
+///     sync::aref::ARef,
+/// };
+///
+/// /// Ends the requests whose commands an interrupt found completed without error.
+/// fn end_completed<T: Operations>(completed: impl Iterator<Item = ARef<Request<T>>>) {
+///     let mut batch = CompletionBatch::new();
+///     for rq in completed {
+///         // Another reference is held: end the request through `Operations::complete`.
+///         if let Err(rq) = batch.end_ok(rq) {
+///             Request::complete(rq);
+///         }
+///     }
+///     // The requests end here, as `batch` is dropped.
+/// }
+/// ```
+///
+/// # Invariants
+///
+/// Every request on `inner.req_list` was owned by the driver with no [`ARef`]
+/// left to it (its Rust refcount is 0) and completed without error.
+///
+/// [`struct io_comp_batch`]: srctree/include/linux/blkdev.h
+pub struct CompletionBatch<T: Operations> {
+    inner: bindings::io_comp_batch,
+    _p: PhantomData<T>,
+}
+
+impl<T: Operations> CompletionBatch<T> {
+    /// Creates an empty batch.
+    pub fn new() -> Self {
+        // INVARIANT: The batch is empty.
+        Self {
+            inner: pin_init::zeroed(),
+            _p: PhantomData,
+        }
+    }
+
+    /// Ends `rq`, which completed without error, with the batch.
+    ///
+    /// A request that the block layer cannot end in a batch (one with an I/O
+    /// scheduler's tag or an `end_io` handler) is ended now. Returns `rq` in
+    /// [`Err`] if it is not the only [`ARef`] of the request, like
+    /// [`Request::end_ok`].
+    pub fn end_ok(&mut self, rq: ARef<Request<T>>) -> Result<(), ARef<Request<T>>> {
+        let ptr = Request::try_set_end(rq)?;
+        // SAFETY: `try_set_end` succeeded: the driver owns the request and no
+        // `ARef` to it is left, so it may be handed to the block layer, which
+        // `end_batch` does for every request on the list.
+        let batched = unsafe {
+            bindings::blk_mq_add_to_batch(ptr, &mut self.inner, false, Some(Self::end_batch))
+        };
+        if !batched {
+            // SAFETY: As above; the request is not on the list.
+            unsafe { bindings::blk_mq_end_request(ptr, bindings::BLK_STS_OK as _) };
+        }
+        // INVARIANT: A request was added only after `try_set_end` succeeded.
+        Ok(())
+    }
+
+    /// Ends the requests of `iob` (the `complete` callback of the batch).
+    ///
+    /// # Safety
+    ///
+    /// `iob` must point to the `inner` batch of a [`CompletionBatch<T>`].
+    unsafe extern "C" fn end_batch(iob: *mut bindings::io_comp_batch) {
+        // SAFETY: By the safety requirements and the type invariants, the
+        // requests of `iob` completed without error and belong to the block
+        // layer again.
+        unsafe { bindings::blk_mq_end_request_batch(iob) };
+    }
+}
+
+impl<T: Operations> Default for CompletionBatch<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Operations> Drop for CompletionBatch<T> {
+    fn drop(&mut self) {
+        if !self.inner.req_list.head.is_null() {
+            // SAFETY: `inner` is the batch of `self`.
+            unsafe { Self::end_batch(&mut self.inner) };
+        }
+    }
+}
