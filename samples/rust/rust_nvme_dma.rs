@@ -11,8 +11,13 @@
 //! ([`RequestMemory`]): no copy, no allocation on the IOVA path, `GFP_ATOMIC` elsewhere. The
 //! mapping's DMA ranges are described with PRPs or SGLs in list pages that each tag owns,
 //! allocated when the queue is created; the mapping lives in the request's driver data until the
-//! completion, in the queue's interrupt handler, ends the request. Flush and FUA are honoured,
-//! discard (Dataset Management) and write-zeroes where the controller has them.
+//! completion: the queue's interrupt handler unmaps the requests that succeeded and ends them in
+//! one batch. Flush and FUA are honoured, discard (Dataset Management) and write-zeroes where the
+//! controller has them.
+//!
+//! A controller that takes them (QEMU's does) gets shadow doorbells, as with nvme-pci: the I/O
+//! queues' doorbell registers, each write a trap into the hypervisor, are written only when the
+//! controller waits for them.
 //!
 //! A request that times out gets an Abort command; if it times out again, the controller is
 //! reset (disabled, every command in flight failed, enabled again with its queues). A controller
@@ -292,9 +297,6 @@ impl QueuePair {
         let submissions = Coherent::zeroed_slice(dev, entries_usize * 16, GFP_KERNEL)?;
         let completions = Coherent::zeroed_slice(dev, entries_usize * 4, GFP_KERNEL)?;
         let doorbell = DOORBELLS + 2 * usize::from(id) * stride;
-        if let Some(shadow) = &shadow {
-            shadow.check(doorbell + stride)?;
-        }
         // INVARIANT: sizes as documented, tail and head at 0; callers pass at least 2 entries.
         Ok(try_pin_init!(Self {
             id,
@@ -423,79 +425,99 @@ impl QueuePair {
 
 /// Shadow doorbells (Doorbell Buffer Config, for emulated controllers): the driver writes the
 /// I/O queues' tails and heads to memory the controller reads, and the registers only when the
-/// controller's event index for the doorbell says it is waiting for them. Each costs a trap to
-/// the hypervisor that emulates the controller.
+/// controller's event index for the doorbell says it is waiting for them. Each register write
+/// costs a trap into the hypervisor that emulates the controller.
+///
+/// Owned by the [`Admin`], whose drop disables the controller before the buffers go.
 ///
 /// # Invariants
 ///
-/// `doorbells` and `event_indexes` have the same length; the controller writes only
-/// `event_indexes`.
+/// `doorbells` and `event_indexes` have the same length. While the controller has the buffers,
+/// it reads `doorbells` and writes `event_indexes`; it also writes the doorbells of its queues
+/// when it is given the buffers, and those of the admin queue, which the driver leaves alone.
 struct ShadowDoorbells {
     doorbells: Coherent<[u32]>,
     event_indexes: Coherent<[u32]>,
+    /// Whether the controller has the buffers: else every register is written too.
+    configured: Atomic<bool>,
     /// Register writes saved, for the statistics.
     skipped: Atomic<u64>,
 }
 
 impl ShadowDoorbells {
-    /// Allocates shadow doorbells for `queues` I/O queues with doorbell stride `stride`.
-    fn new(dev: &device::Device<Bound>, queues: usize, stride: usize) -> Result<Self> {
-        // The registers' layout: the doorbells of the admin queue first, then each I/O queue's.
-        let words = (2 * (queues + 1) * stride / 4).max(CTRL_PAGE / 4);
+    /// Allocates a page of shadow doorbells and one of event indexes, if the doorbells of the
+    /// admin queue and [`MAX_IO_QUEUES`] I/O queues at stride `stride` fit in a page.
+    fn new(dev: &device::Device<Bound>, stride: usize) -> Result<Option<Self>> {
+        if 2 * (MAX_IO_QUEUES + 1) * stride > CTRL_PAGE {
+            return Ok(None);
+        }
+        let words = CTRL_PAGE / 4;
         // INVARIANT: both of `words` words.
-        Ok(Self {
+        Ok(Some(Self {
             doorbells: Coherent::zeroed_slice(dev, words, GFP_KERNEL)?,
             event_indexes: Coherent::zeroed_slice(dev, words, GFP_KERNEL)?,
+            configured: Atomic::new(false),
             skipped: Atomic::new(0),
-        })
+        }))
     }
 
-    /// Returns the Doorbell Buffer Config command that gives the buffers to the controller.
-    fn config_command(&self) -> Command {
+    /// Gives the buffers to the controller (Doorbell Buffer Config), once its I/O queues exist.
+    /// A controller that refuses them keeps its doorbell registers, as with nvme-pci.
+    fn configure(&self, admin: &Admin) {
         let mut command = Command::new(ADMIN_DOORBELL_BUFFER_CONFIG, 0);
         command.set_pointer(
             self.doorbells.dma_address(),
             self.event_indexes.dma_address(),
         );
-        command
-    }
-
-    /// Returns the word index of the doorbell register at offset `doorbell`.
-    fn word(doorbell: usize) -> usize {
-        (doorbell - DOORBELLS) / 4
-    }
-
-    /// Returns [`EINVAL`] if the doorbell at offset `doorbell` has no shadow.
-    fn check(&self, doorbell: usize) -> Result {
-        if Self::word(doorbell) < self.doorbells.len() {
-            Ok(())
-        } else {
-            Err(EINVAL)
+        match admin.execute(command) {
+            Ok(_) => self.configured.store(true, Release),
+            Err(e) => dev_warn!(admin.pdev, "no shadow doorbells ({e:?})\n"),
         }
+    }
+
+    /// Notes that the controller was disabled, which takes the buffers from it.
+    fn disabled(&self) {
+        self.configured.store(false, Relaxed);
+    }
+
+    /// Returns the index of the words of the doorbell register at offset `doorbell` in both
+    /// buffers, if they have it.
+    fn word(&self, doorbell: usize) -> Option<usize> {
+        let word = doorbell.checked_sub(DOORBELLS)? / 4;
+        (word < self.doorbells.len()).then_some(word)
     }
 
     /// Zeroes the shadow and the event index of the doorbell at offset `doorbell`, whose queue
     /// the controller does not have.
     fn clear(&self, doorbell: usize) {
-        let word = Self::word(doorbell);
+        let Some(word) = self.word(doorbell) else {
+            return;
+        };
         for buffer in [&self.doorbells, &self.event_indexes] {
-            // SAFETY: `check()` accepted the doorbell at creation of its queue: `word` is inside
-            // both buffers (type invariants); the controller, which has no such queue, writes
-            // neither word now.
-            unsafe { buffer.as_mut_ptr().cast::<u32>().add(word).write_volatile(0) };
+            // SAFETY: `word` is inside both buffers (`word()` and the type invariants); the
+            // controller, which has no such queue, writes neither word now.
+            unsafe {
+                buffer
+                    .as_mut_ptr()
+                    .cast::<u32>()
+                    .add(word)
+                    .write_volatile(0)
+            };
         }
     }
 
     /// Writes `new` to the shadow of the doorbell at offset `doorbell`, which held `old`, and
     /// returns whether the register must be written too: the controller's event index (the
-    /// value it read last) is `old` or later, so it has caught up and waits for the register.
+    /// value it read last) is in `[old, new)`, so it has caught up and waits for the register.
     /// Otherwise it reads the shadow again before it stops.
     fn update(&self, doorbell: usize, old: u16, new: u16) -> bool {
-        let word = Self::word(doorbell);
+        let Some(word) = self.word(doorbell) else {
+            return true;
+        };
         // The queue's entries before the shadow that announces them.
         mb(Write);
-        // SAFETY: As in `clear()`; the controller only reads the shadow, hence the volatile
-        // write.
+        // SAFETY: `word` is inside both buffers (`word()` and the type invariants); the
+        // controller only reads the shadows of the I/O queues, hence the volatile write.
         unsafe {
             self.doorbells
                 .as_mut_ptr()
@@ -505,16 +527,22 @@ impl ShadowDoorbells {
         };
         // The shadow before the event index the controller sets once it has read it.
         mb(Full);
-        // SAFETY: As in `clear()`; the controller writes the event index, hence the volatile
-        // read.
-        let event = unsafe { self.event_indexes.as_ptr().cast::<u32>().add(word).read_volatile() };
+        // SAFETY: As above; the controller writes the event index, hence the volatile read.
+        let event = unsafe {
+            self.event_indexes
+                .as_ptr()
+                .cast::<u32>()
+                .add(word)
+                .read_volatile()
+        };
         // CAST: the event index is the low 16 bits, like the doorbell.
         let event = u32::from_le(event) as u16;
-        let needed = new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
-        if !needed {
-            Stats::add(&self.skipped, 1);
+        let waiting = new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
+        if waiting || !self.configured.load(Relaxed) {
+            return true;
         }
-        needed
+        Stats::add(&self.skipped, 1);
+        false
     }
 }
 
@@ -576,6 +604,7 @@ struct Identity {
     write_zeroes: bool,
     /// DLFEAT: deallocated blocks read as zeroes.
     deallocated_reads_zeroes: bool,
+    /// OACS: the controller takes shadow doorbells (Doorbell Buffer Config).
     shadow_doorbells: bool,
 }
 
@@ -685,8 +714,14 @@ struct StatsFile(Arc<Controller>);
 impl fmt::Debug for StatsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.stats.fmt(f)?;
-        let skipped = self.0.shadow.as_ref().map_or(0, |shadow| shadow.skipped.load(Relaxed));
-        writeln!(f, "doorbell_writes_skipped {skipped}")
+        match &self.0.shadow {
+            Some(shadow) => writeln!(
+                f,
+                "doorbell_writes_skipped {}",
+                shadow.skipped.load(Relaxed)
+            ),
+            None => Ok(()),
+        }
     }
 }
 
@@ -917,6 +952,9 @@ impl Controller {
     /// Enables a disabled controller with empty queues, and creates the I/O queues.
     fn enable(&self) -> Result {
         let admin = &self.admin;
+        if let Some(shadow) = &self.shadow {
+            shadow.disabled();
+        }
         admin.queue.pair.clear();
         start_controller(&admin.registers, admin.bar()?, &admin.queue.pair)?;
         // CAST: at most `MAX_IO_QUEUES`.
@@ -929,7 +967,7 @@ impl Controller {
             create_io_queue(admin, &queue.pair)?;
         }
         if let Some(shadow) = &self.shadow {
-            admin.execute(shadow.config_command())?;
+            shadow.configure(admin);
         }
         Ok(())
     }
@@ -1169,6 +1207,8 @@ struct Admin {
     registers: Registers,
     #[pin]
     queue: AdminQueue,
+    /// Shadow doorbells for the I/O queues, if the controller's doorbells fit in them.
+    shadow: Option<Arc<ShadowDoorbells>>,
 }
 
 impl Admin {
@@ -1757,6 +1797,9 @@ impl NvmeDriver {
             return Err(ENODEV);
         }
 
+        let shadow_doorbells = ShadowDoorbells::new(dev, stride)?
+            .map(|shadow| Arc::new(shadow, GFP_KERNEL))
+            .transpose()?;
         let admin = Arc::pin_init(
             try_pin_init!(Admin {
                 pdev: pdev.into(),
@@ -1768,6 +1811,7 @@ impl NvmeDriver {
                     done <- new_spinlock_irq!(None),
                     completed <- new_condvar!(),
                 }? Error),
+                shadow: shadow_doorbells,
             }? Error),
             GFP_KERNEL,
         )?;
@@ -1807,13 +1851,7 @@ impl NvmeDriver {
             .bar()?
             .try_read32(DOORBELLS + (2 * usize::from_safe_cast(count) + 1) * stride)
             .map_err(|_| ENODEV)?;
-        let shadow = match identity.shadow_doorbells {
-            true => Some(Arc::new(
-                ShadowDoorbells::new(dev, usize::from_safe_cast(count), stride)?,
-                GFP_KERNEL,
-            )?),
-            false => None,
-        };
+        let shadow = admin.shadow.clone().filter(|_| identity.shadow_doorbells);
         let mut io = KVec::with_capacity(usize::from_safe_cast(count), GFP_KERNEL)?;
         let list_words = usize::from(io_entries - 1) * LIST_PAGES * CTRL_PAGE / 8;
         for index in 0..count {
@@ -1832,7 +1870,7 @@ impl NvmeDriver {
             io.push(queue, GFP_KERNEL)?;
         }
         if let Some(shadow) = &shadow {
-            admin.execute(shadow.config_command())?;
+            shadow.configure(&admin);
         }
         let tagset = Arc::pin_init(TagSet::new(count, u32::from(io_entries - 1), 1), GFP_KERNEL)?;
         let (controller_admin, controller_tagset) = (admin.clone(), tagset.clone());

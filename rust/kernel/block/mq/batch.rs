@@ -7,7 +7,10 @@
 
 use crate::{
     bindings,
-    block::mq::{Operations, Request},
+    block::mq::{
+        Operations,
+        Request, //
+    },
     sync::aref::ARef,
 };
 use core::marker::PhantomData;
@@ -20,7 +23,7 @@ use core::marker::PhantomData;
 /// queue references back in groups instead of one by one. A driver creates
 /// the batch where it handles a completion interrupt, adds each request that
 /// completed without error, and drops the batch when the interrupt is
-/// handled.
+/// handled. A batch that is leaked never ends its requests.
 ///
 /// # Examples
 ///
@@ -38,8 +41,9 @@ use core::marker::PhantomData;
 /// fn end_completed<T: Operations>(completed: impl Iterator<Item = ARef<Request<T>>>) {
 ///     let mut batch = CompletionBatch::new();
 ///     for rq in completed {
-///         // Another reference is held: end the request through `Operations::complete`.
 ///         if let Err(rq) = batch.end_ok(rq) {
+///             // Another `ARef` (a concurrent `TagSet::tag_to_rq()`) still holds the request:
+///             // `Operations::complete` ends it once that reference is gone.
 ///             Request::complete(rq);
 ///         }
 ///     }
@@ -49,8 +53,8 @@ use core::marker::PhantomData;
 ///
 /// # Invariants
 ///
-/// Every request on `inner.req_list` was owned by the driver with no [`ARef`]
-/// left to it (its Rust refcount is 0) and completed without error.
+/// Every request on `inner.req_list` was handed over by [`Self::end_ok`]:
+/// marked complete, with no [`ARef`] to it left (its Rust refcount is 0).
 ///
 /// [`struct io_comp_batch`]: srctree/include/linux/blkdev.h
 pub struct CompletionBatch<T: Operations> {
@@ -60,7 +64,7 @@ pub struct CompletionBatch<T: Operations> {
 
 impl<T: Operations> CompletionBatch<T> {
     /// Creates an empty batch.
-    pub fn new() -> Self {
+    pub const fn new() -> Self {
         // INVARIANT: The batch is empty.
         Self {
             inner: pin_init::zeroed(),
@@ -68,17 +72,24 @@ impl<T: Operations> CompletionBatch<T> {
         }
     }
 
-    /// Ends `rq`, which completed without error, with the batch.
+    /// Ends `rq`, whose operation succeeded, with the batch; a request that
+    /// failed must end alone, with [`Request::end`] and its error.
     ///
-    /// A request that the block layer cannot end in a batch (one with an I/O
-    /// scheduler's tag or an `end_io` handler) is ended now. Returns `rq` in
-    /// [`Err`] if it is not the only [`ARef`] of the request, like
+    /// A request that `blk_mq_add_to_batch()` does not take (one with an I/O
+    /// scheduler's tag, or with an `end_io` handler) is ended now. Returns
+    /// `rq` in [`Err`] if it is not the only [`ARef`] of the request, like
     /// [`Request::end_ok`].
     pub fn end_ok(&mut self, rq: ARef<Request<T>>) -> Result<(), ARef<Request<T>>> {
         let ptr = Request::try_set_end(rq)?;
-        // SAFETY: `try_set_end` succeeded: the driver owns the request and no
-        // `ARef` to it is left, so it may be handed to the block layer, which
-        // `end_batch` does for every request on the list.
+        // SAFETY: `ptr` is a valid request (type invariants of `Request`),
+        // which the driver owns with no `ARef` to it left since `try_set_end`
+        // succeeded: it is the driver's to complete, as
+        // `blk_mq_complete_request()` would, so that the block layer's timeout
+        // handling leaves it alone from now on.
+        unsafe { bindings::blk_mq_set_request_complete(ptr) };
+        // SAFETY: `ptr` is as above, `self.inner` is a valid batch, and
+        // `end_batch` has the type of its `complete` callback; a request on the
+        // list is ended only by `end_batch`.
         let batched = unsafe {
             bindings::blk_mq_add_to_batch(ptr, &mut self.inner, false, Some(Self::end_batch))
         };
@@ -86,7 +97,7 @@ impl<T: Operations> CompletionBatch<T> {
             // SAFETY: As above; the request is not on the list.
             unsafe { bindings::blk_mq_end_request(ptr, bindings::BLK_STS_OK as _) };
         }
-        // INVARIANT: A request was added only after `try_set_end` succeeded.
+        // INVARIANT: A request is on the list only after the above.
         Ok(())
     }
 
@@ -94,11 +105,12 @@ impl<T: Operations> CompletionBatch<T> {
     ///
     /// # Safety
     ///
-    /// `iob` must point to the `inner` batch of a [`CompletionBatch<T>`].
+    /// `iob` must point to the `inner` batch of a [`CompletionBatch<T>`],
+    /// whose requests end only here.
     unsafe extern "C" fn end_batch(iob: *mut bindings::io_comp_batch) {
-        // SAFETY: By the safety requirements and the type invariants, the
-        // requests of `iob` completed without error and belong to the block
-        // layer again.
+        // SAFETY: By the safety requirements and the type invariants, `iob`
+        // is a valid batch whose requests succeeded, and the driver holds no
+        // reference to them.
         unsafe { bindings::blk_mq_end_request_batch(iob) };
     }
 }
@@ -112,7 +124,7 @@ impl<T: Operations> Default for CompletionBatch<T> {
 impl<T: Operations> Drop for CompletionBatch<T> {
     fn drop(&mut self) {
         if !self.inner.req_list.head.is_null() {
-            // SAFETY: `inner` is the batch of `self`.
+            // SAFETY: `inner` is the batch of `self`, which is going away.
             unsafe { Self::end_batch(&mut self.inner) };
         }
     }
