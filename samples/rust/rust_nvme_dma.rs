@@ -81,7 +81,7 @@ use kernel::{
         self,
         IrqReturn, //
     },
-    new_condvar, new_mutex, new_spinlock_irq,
+    new_condvar, new_mutex, new_spinlock, new_spinlock_irq,
     num::casts::FromSafeCast,
     pci::{
         self,
@@ -111,6 +111,7 @@ use kernel::{
         CondVar,
         CondVarTimeoutResult,
         Mutex,
+        SpinLock,
         SpinLockIrq, //
     },
     time::{
@@ -279,8 +280,9 @@ struct QueuePair {
     head_doorbell: usize,
     /// The controller's shadow doorbells, for I/O queues of a controller that has them.
     shadow: Option<Arc<ShadowDoorbells>>,
+    /// Never taken by an interrupt handler, as in nvme-pci; taken before `head` where both are.
     #[pin]
-    tail: SpinLockIrq<u16>,
+    tail: SpinLock<u16>,
     #[pin]
     head: SpinLockIrq<CompletionHead>,
 }
@@ -306,7 +308,7 @@ impl QueuePair {
             tail_doorbell: doorbell,
             head_doorbell: doorbell + stride,
             shadow,
-            tail <- new_spinlock_irq!(0),
+            tail <- new_spinlock!(0),
             head <- new_spinlock_irq!(CompletionHead { head: 0, phase: true }),
         }? Error))
     }
@@ -322,8 +324,8 @@ impl QueuePair {
 
     /// Empties the queue for a controller that was disabled: no command is in flight.
     fn clear(&self) {
-        let mut head = self.head.lock();
         let mut tail = self.tail.lock();
+        let mut head = self.head.lock();
         // SAFETY: The controller is disabled and reads or writes no entry, and the locks keep
         // the driver away; every bit pattern is a valid `u32`.
         unsafe { self.completions.as_mut() }.fill(0);
