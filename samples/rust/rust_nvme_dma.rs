@@ -740,8 +740,8 @@ type RequestMapping = DmaMapping<'static, RequestMemory<NvmeQueues>>;
 /// Accessed only by the owner of the request's command, in turn, without overlap: `queue_rq`
 /// until it sets `in_flight` (or fails the request without setting it), then whoever clears
 /// `in_flight` (the completion path or a cancellation), which drops the mapping or passes it on
-/// to the `complete` callback. The atomic `in_flight` (set under the submission lock, cleared with a full
-/// barrier) and blk-mq's completion (an IPI or the same CPU) order the accesses.
+/// to the `complete` callback. The atomic `in_flight` (set under the submission lock, cleared
+/// with a full barrier) and blk-mq's completion (an IPI or the same CPU) order the accesses.
 struct MappingSlot(UnsafeCell<Option<RequestMapping>>);
 
 // SAFETY: By the type invariants, one thread at a time accesses the slot, in an order that the

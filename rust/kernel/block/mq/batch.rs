@@ -95,7 +95,9 @@ impl<T: Operations> CompletionBatch<T> {
         };
         if !batched {
             // SAFETY: As above; the request is not on the list.
-            unsafe { bindings::blk_mq_end_request(ptr, bindings::BLK_STS_OK as _) };
+            unsafe {
+                bindings::blk_mq_end_request(ptr, bindings::BLK_STS_OK as bindings::blk_status_t)
+            };
         }
         // INVARIANT: A request is on the list only after the above.
         Ok(())
