@@ -472,7 +472,8 @@ impl ShadowDoorbells {
             self.event_indexes.dma_address(),
         );
         match admin.execute(command) {
-            Ok(_) => self.configured.store(true, Release),
+            // A CPU that still sees `false` only writes a register too.
+            Ok(_) => self.configured.store(true, Relaxed),
             Err(e) => dev_warn!(admin.pdev, "no shadow doorbells ({e:?})\n"),
         }
     }
@@ -519,7 +520,8 @@ impl ShadowDoorbells {
         // The queue's entries before the shadow that announces them.
         mb(Write);
         // SAFETY: `word` is inside both buffers (`word()` and the type invariants); the
-        // controller only reads the shadows of the I/O queues, hence the volatile write.
+        // controller reads the shadow, and writes it only when it is given the buffers, with no
+        // submission possible (type invariants), hence the volatile write.
         unsafe {
             self.doorbells
                 .as_mut_ptr()
@@ -1799,9 +1801,18 @@ impl NvmeDriver {
             return Err(ENODEV);
         }
 
-        let shadow_doorbells = ShadowDoorbells::new(dev, stride)?
-            .map(|shadow| Arc::new(shadow, GFP_KERNEL))
-            .transpose()?;
+        // Allocated before Identify tells whether the controller takes them: without them, the
+        // doorbell registers do.
+        let shadow_doorbells = ShadowDoorbells::new(dev, stride)
+            .and_then(|shadow| {
+                Ok(shadow
+                    .map(|shadow| Arc::new(shadow, GFP_KERNEL))
+                    .transpose()?)
+            })
+            .unwrap_or_else(|e| {
+                dev_warn!(pdev, "no memory for shadow doorbells ({e:?})\n");
+                None
+            });
         let admin = Arc::pin_init(
             try_pin_init!(Admin {
                 pdev: pdev.into(),

@@ -25,6 +25,12 @@ use core::marker::PhantomData;
 /// completed without error, and drops the batch when the interrupt is
 /// handled. A batch that is leaked never ends its requests.
 ///
+/// The requests end on the CPU that drops the batch, as with [`Request::end`]:
+/// unlike [`Request::complete`], nothing is sent back to the CPU that
+/// submitted a request (the queue's `rq_affinity`). A driver whose completion
+/// interrupts do not arrive on the submitting CPUs, and wants the completion
+/// there, uses [`Request::complete`].
+///
 /// # Examples
 ///
 /// ```
@@ -53,8 +59,9 @@ use core::marker::PhantomData;
 ///
 /// # Invariants
 ///
-/// Every request on `inner.req_list` was handed over by [`Self::end_ok`]:
-/// marked complete, with no [`ARef`] to it left (its Rust refcount is 0).
+/// Every request on `inner.req_list` succeeded and was handed over by
+/// [`Self::end_ok`]: marked complete, with no [`ARef`] to it left (its Rust
+/// refcount is 0).
 ///
 /// [`struct io_comp_batch`]: srctree/include/linux/blkdev.h
 pub struct CompletionBatch<T: Operations> {
@@ -83,9 +90,9 @@ impl<T: Operations> CompletionBatch<T> {
         let ptr = Request::try_set_end(rq)?;
         // SAFETY: `ptr` is a valid request (type invariants of `Request`),
         // which the driver owns with no `ARef` to it left since `try_set_end`
-        // succeeded: it is the driver's to complete, as
-        // `blk_mq_complete_request()` would, so that the block layer's timeout
-        // handling leaves it alone from now on.
+        // succeeded: it is the driver's to mark complete, as
+        // `blk_mq_complete_request()` does before a local completion, so that
+        // the block layer's timeout handling leaves it alone from now on.
         unsafe { bindings::blk_mq_set_request_complete(ptr) };
         // SAFETY: `ptr` is as above, `self.inner` is a valid batch, and
         // `end_batch` has the type of its `complete` callback; a request on the
