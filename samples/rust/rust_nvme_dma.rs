@@ -718,7 +718,7 @@ struct StatsFile(Arc<Controller>);
 impl fmt::Debug for StatsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.stats.fmt(f)?;
-        match &self.0.shadow {
+        match self.0.shadow() {
             Some(shadow) => writeln!(
                 f,
                 "doorbell_writes_skipped {}",
@@ -786,7 +786,6 @@ struct Controller {
     io: KVec<Arc<IoQueue>>,
     tagset: Arc<TagSet<NvmeQueues>>,
     identity: Identity,
-    shadow: Option<Arc<ShadowDoorbells>>,
     health: Atomic<u32>,
     /// Serializes resets.
     #[pin]
@@ -808,6 +807,14 @@ impl Controller {
 
     fn bar(&self) -> Result<&pci::Bar<'_, BAR_SIZE>> {
         self.admin.bar()
+    }
+
+    /// Returns the shadow doorbells of the I/O queues, if the controller takes them.
+    fn shadow(&self) -> Option<&ShadowDoorbells> {
+        self.admin
+            .shadow
+            .as_deref()
+            .filter(|_| self.identity.shadow_doorbells)
     }
 
     fn health(&self) -> Health {
@@ -956,7 +963,7 @@ impl Controller {
     /// Enables a disabled controller with empty queues, and creates the I/O queues.
     fn enable(&self) -> Result {
         let admin = &self.admin;
-        if let Some(shadow) = &self.shadow {
+        if let Some(shadow) = self.shadow() {
             shadow.disabled();
         }
         admin.queue.pair.clear();
@@ -970,7 +977,7 @@ impl Controller {
             queue.pair.clear();
             create_io_queue(admin, &queue.pair)?;
         }
-        if let Some(shadow) = &self.shadow {
+        if let Some(shadow) = self.shadow() {
             shadow.configure(admin);
         }
         Ok(())
@@ -1894,7 +1901,6 @@ impl NvmeDriver {
                 io,
                 tagset: controller_tagset,
                 identity,
-                shadow,
                 health: Atomic::new(Health::Live as u32),
                 reset <- new_mutex!(()),
                 stats: Stats::default(),
