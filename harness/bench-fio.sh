@@ -14,6 +14,8 @@
 # Usage: bench-fio.sh [SECONDS per fio run, default 5] [ROUNDS, default 5]
 # [MACHINE of harness/matrix, default vtd-strict, whose table goes to
 # build/bench-fio.tsv; any other's to build/bench-fio-MACHINE.tsv]
+# The benchmark kernel (lib.sh) unless BENCH_KERNEL=0 asks for the test kernel.
+export BENCH_KERNEL=${BENCH_KERNEL:-1}
 . "$(dirname "$0")/lib.sh"
 
 run_s=${1:-5}
@@ -31,8 +33,7 @@ second_disk=$OUT/nvme-disk-2.img
 rm -f "$second_disk"
 truncate -s "$NVME_DISK_BYTES" "$second_disk"
 read -r viommu args <<<"$(matrix_config "$machine")"
-# DMA-API debugging checks dma_map_sg() but has no hook for dma_iova_link():
-# off, so that both drivers pay the same.
+# DMA-API debugging, which only the test kernel (BENCH_KERNEL=0) has: off.
 args+=" dma_debug=off"
 [ -z "${BENCH_FIO_DRIVER:-}" ] || args+=" RFL_BENCH_FIO_DRIVER=$BENCH_FIO_DRIVER"
 log "Booting $machine ($viommu vIOMMU, $args) with two NVMe controllers"

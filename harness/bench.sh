@@ -10,6 +10,8 @@
 # Usage: bench.sh [MILLISECONDS per measured run, default 200] [MACHINE of
 # harness/matrix with a VT-d vIOMMU, default vtd-strict, whose table goes to
 # build/bench.tsv; any other's to build/bench-MACHINE.tsv]
+# The benchmark kernel (lib.sh) unless BENCH_KERNEL=0 asks for the test kernel.
+export BENCH_KERNEL=${BENCH_KERNEL:-1}
 . "$(dirname "$0")/lib.sh"
 
 run_ms=${1:-200}
@@ -20,8 +22,7 @@ bash "$REPO/harness/prepare.sh"
 bash "$REPO/harness/initramfs.sh"
 logfile=$OUT/bench.log
 read -r viommu args <<<"$(matrix_config "$machine")"
-# DMA-API debugging checks dma_map_sg() but has no hook for dma_iova_link():
-# off, so that every mode pays the same.
+# DMA-API debugging, which only the test kernel (BENCH_KERNEL=0) has: off.
 args+=" dma_debug=off"
 log "Booting $machine ($viommu vIOMMU, $args) with pci-testdev"
 # shellcheck disable=SC2086 # kernel arguments are split on purpose

@@ -26,7 +26,7 @@ rc=0
 run_qemu_env timeout --kill-after=10 "${BOOT_TIMEOUT:-300}" qemu-system-x86_64 \
 	$(viommu_qemu_args "$viommu") -m 2048 -smp 2 -accel kvm -accel tcg \
 	-bios qboot.rom -display none -monitor none -no-reboot -serial "file:$logfile" \
-	-kernel "$OBJ/arch/x86/boot/bzImage" -initrd "$OUT/initramfs.cpio" \
+	-kernel "$OBJ/arch/x86/boot/bzImage" -initrd "$INITRAMFS.cpio" \
 	-append "console=ttyS0 panic=-1 kunit.enable=0 $(viommu_kernel_args "$viommu") $cmdline" \
 	$TEST_DEVICE_ARGS ${BOOT_QEMU_ARGS:-} \
 	-drive "file=$NVME_DISK,if=none,id=nvme0,format=raw" \

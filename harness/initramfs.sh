@@ -6,7 +6,7 @@
 # every dynamically linked program, and the kernel modules.
 . "$(dirname "$0")/lib.sh"
 
-stage=$OUT/initramfs
+stage=$INITRAMFS
 rm -rf "$stage"
 mkdir -p "$stage"/{bin,dev,proc,sys,tmp,kselftest,etc,usr/bin}
 cp /bin/busybox "$stage/bin/busybox"
@@ -30,4 +30,4 @@ for lib in $libs; do
 	cp -L "$lib" "$stage$lib"
 done
 
-(cd "$stage" && find . | cpio -o -H newc --quiet) > "$OUT/initramfs.cpio"
+(cd "$stage" && find . | cpio -o -H newc --quiet) > "$INITRAMFS.cpio"

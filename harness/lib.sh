@@ -81,9 +81,23 @@ if [ "${DEBUG_KERNEL:-0}" = 1 ]; then
 	DEBUG_KERNEL_ARGS="iommu.debug_pagealloc=1"
 fi
 
+# BENCH_KERNEL=1 switches make bench to the benchmark guest kernel: the same
+# fragments without lock, atomic-sleep and DMA-API debugging (their checks
+# tax every lock and mapping, more so the driver that takes more locks), in
+# its own object directory and with its own initramfs.
+KCONFIG_ADD=()
+INITRAMFS=$OUT/initramfs
+if [ "${BENCH_KERNEL:-0}" = 1 ]; then
+	OBJ=$RFL_CACHE/obj-bench
+	INITRAMFS=$OUT/initramfs-bench
+	for option in PROVE_LOCKING DEBUG_ATOMIC_SLEEP DMA_API_DEBUG DMA_API_DEBUG_KUNIT_TEST; do
+		KCONFIG_ADD+=("--kconfig_add=# CONFIG_$option is not set")
+	done
+fi
+
 # kunit.py with the committed config fragments and the toolchain above.
 kunit_py() {
-	local cmd=$1 opts=() frag var
+	local cmd=$1 opts=("${KCONFIG_ADD[@]}") frag var
 	shift
 	for frag in "${KUNITCONFIGS[@]}"; do
 		case $frag in

@@ -13,7 +13,7 @@ for name in "$@"; do
 done
 
 bash "$REPO/harness/initramfs.sh"
-tests=$(cat "$OUT/initramfs/kselftest/kselftest-list.txt")
+tests=$(cat "$INITRAMFS/kselftest/kselftest-list.txt")
 [ -n "$tests" ] || die "no kselftest installed in the initramfs"
 
 failed_before=$(count_failed)
