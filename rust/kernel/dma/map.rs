@@ -448,7 +448,8 @@ impl<'a> Mapped<'a> {
             if unsafe {
                 bindings::dma_iova_try_alloc(dev.as_raw(), &mut state, first.paddr(), size)
             } {
-                let linked = link_all(dev, memory, first, state, size, direction, attrs)?;
+                let single = inner.is_none();
+                let linked = link_all(dev, memory, first, single, state, size, direction, attrs)?;
                 // INVARIANT: all of the memory is linked into `linked`, of `size` bytes.
                 return Ok(Self {
                     dev,
@@ -700,15 +701,18 @@ impl Drop for Mapped<'_> {
 /// Ranges linked per call of `dma_iova_link_phys_vec()`, gathered on the stack (512 bytes).
 const LINK_BATCH: usize = 32;
 
-/// Links every range of `memory`, whose first range is `first`, into `state`, a fresh
-/// allocation of `size` bytes for `dev`, all in one call if the memory keeps its ranges in one
-/// slice, [`LINK_BATCH`] decoded ranges per call otherwise (one IO page table walk per call where
-/// the IOMMU driver uses the generic page table), and makes them usable by the device with one
-/// `dma_iova_sync()`. On error, undoes the links and frees the allocation.
+/// Links every range of `memory`, whose first range is `first` (its only one if `single`), into
+/// `state`, a fresh allocation of `size` bytes for `dev`, all in one call if the memory keeps its
+/// ranges in one slice or has only one, [`LINK_BATCH`] decoded ranges per call otherwise (one IO
+/// page table walk per call where the IOMMU driver uses the generic page table), and makes them
+/// usable by the device with one `dma_iova_sync()`. On error, undoes the links and frees the
+/// allocation.
+#[expect(clippy::too_many_arguments)]
 fn link_all<S: DmaMemory>(
     dev: &Device<Bound>,
     memory: &S,
     first: Phyr,
+    single: bool,
     mut state: bindings::dma_iova_state,
     size: usize,
     direction: DataDirection,
@@ -735,8 +739,12 @@ fn link_all<S: DmaMemory>(
     };
     let mut offset = 0;
     let mut result = Ok(());
-    if let Some(all) = memory.as_phys_vecs() {
-        // Stored as a `struct phys_vec` array: one call.
+    // Stored as a `struct phys_vec` array, or a single range (most requests): one call, and no
+    // walk of the ranges again.
+    let all = memory
+        .as_phys_vecs()
+        .or(single.then_some(slice::from_ref(&first)));
+    if let Some(all) = all {
         result = link(&mut state, all, 0);
         if result.is_ok() {
             offset = size;
