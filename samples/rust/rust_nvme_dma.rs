@@ -567,6 +567,7 @@ struct IoQueue {
     pair: QueuePair,
     /// [`LIST_PAGES`] controller pages per tag.
     lists: Coherent<[u64]>,
+    stats: Stats,
 }
 
 impl IoQueue {
@@ -623,7 +624,8 @@ enum Health {
     Lost = 2,
 }
 
-/// Counters of the statistics file.
+/// Counters of the statistics file. Each I/O queue counts the requests submitted to it, on
+/// cache lines that only its CPUs write; the controller counts the rest. The file shows the sums.
 struct Stats {
     requests: Atomic<u64>,
     read_bytes: Atomic<u64>,
@@ -673,16 +675,15 @@ impl Default for Stats {
 
 impl Stats {
     fn add(counter: &Atomic<u64>, value: u64) {
-        // The counters are shared by every CPU: no atomic operation for nothing.
+        // No atomic operation for nothing.
         if value != 0 {
             counter.fetch_add(value, Relaxed);
         }
     }
-}
 
-impl fmt::Debug for Stats {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let counters = [
+    /// Returns the counters with their names, in the order of the file.
+    fn counters(&self) -> [(&'static str, &Atomic<u64>); 21] {
+        [
             ("requests", &self.requests),
             ("read_bytes", &self.read_bytes),
             ("write_bytes", &self.write_bytes),
@@ -704,11 +705,7 @@ impl fmt::Debug for Stats {
             ("aborts", &self.aborts),
             ("resets", &self.resets),
             ("losses", &self.losses),
-        ];
-        for (name, counter) in counters {
-            writeln!(f, "{name} {}", counter.load(Relaxed))?;
-        }
-        Ok(())
+        ]
     }
 }
 
@@ -717,8 +714,20 @@ struct StatsFile(Arc<Controller>);
 
 impl fmt::Debug for StatsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.stats.fmt(f)?;
-        match self.0.shadow() {
+        let controller = &self.0;
+        let mut sums = controller
+            .stats
+            .counters()
+            .map(|(name, counter)| (name, counter.load(Relaxed)));
+        for queue in &controller.io {
+            for ((_, sum), (_, counter)) in sums.iter_mut().zip(queue.stats.counters()) {
+                *sum += counter.load(Relaxed);
+            }
+        }
+        for (name, sum) in sums {
+            writeln!(f, "{name} {sum}")?;
+        }
+        match controller.shadow() {
             Some(shadow) => writeln!(
                 f,
                 "doorbell_writes_skipped {}",
@@ -996,6 +1005,7 @@ impl Controller {
         command: &mut Command,
         lists_addr: u64,
         lists: &mut [u64],
+        stats: &Stats,
     ) -> Result {
         let ranges = mapping.dma_ranges();
         let size = mapping.size();
@@ -1042,8 +1052,8 @@ impl Controller {
                     }
                 };
                 command.set_pointer(first.dma_addr(), prp2);
-                Stats::add(&self.stats.prp_entries, u64::from_safe_cast(count));
-                Stats::add(&self.stats.prp_list_pages, u64::from_safe_cast(list_pages));
+                Stats::add(&stats.prp_entries, u64::from_safe_cast(count));
+                Stats::add(&stats.prp_list_pages, u64::from_safe_cast(list_pages));
             }
             Some(dword_aligned) => {
                 let limits = segment_limits(self.device(), CTRL_PAGE)?;
@@ -1063,8 +1073,8 @@ impl Controller {
                     command.set_sgl(segment_descriptor(lists_addr, count)?);
                     pages
                 };
-                Stats::add(&self.stats.sgl_data_blocks, u64::from_safe_cast(count));
-                Stats::add(&self.stats.sgl_segments, u64::from_safe_cast(list_pages));
+                Stats::add(&stats.sgl_data_blocks, u64::from_safe_cast(count));
+                Stats::add(&stats.sgl_segments, u64::from_safe_cast(list_pages));
             }
         }
         Ok(())
@@ -1093,9 +1103,9 @@ impl Controller {
         }
         // SAFETY: The driver owns `rq`, whose command is not submitted yet.
         let (lists_addr, lists) = unsafe { queue.lists_of(rq.tag())? };
-        self.describe(&mapping, &mut command, lists_addr, lists)?;
+        let stats = &queue.stats;
+        self.describe(&mapping, &mut command, lists_addr, lists, stats)?;
 
-        let stats = &self.stats;
         let path = match mapping.path() {
             DmaPath::Iova => 0,
             DmaPath::Iommu => 1,
@@ -1131,7 +1141,7 @@ impl Controller {
             Health::Resetting => return Err(RETRY_LATER),
             Health::Lost => return Err(EIO),
         }
-        let stats = &self.stats;
+        let stats = &queue.stats;
         let (command, mapping) = match rq.command() {
             BlockCommand::Read => {
                 let (command, mapping) = self.map_request(queue, &rq, IO_READ)?;
@@ -1883,6 +1893,7 @@ impl NvmeDriver {
                     index,
                     pair <- QueuePair::new(dev, id, io_entries, stride, queue_shadow)?,
                     lists: Coherent::zeroed_slice(dev, list_words, GFP_KERNEL)?,
+                    stats: Stats::default(),
                 }? Error),
                 GFP_KERNEL,
             )?;
