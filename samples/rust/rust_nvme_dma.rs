@@ -545,7 +545,7 @@ impl ShadowDoorbells {
         if waiting || !self.configured.load(Relaxed) {
             return true;
         }
-        Stats::add(&self.skipped, 1);
+        add_to(&self.skipped, 1);
         false
     }
 }
@@ -567,7 +567,7 @@ struct IoQueue {
     pair: QueuePair,
     /// [`LIST_PAGES`] controller pages per tag.
     lists: Coherent<[u64]>,
-    stats: Stats,
+    stats: RequestStats,
 }
 
 impl IoQueue {
@@ -624,9 +624,17 @@ enum Health {
     Lost = 2,
 }
 
-/// Counters of the statistics file. Each I/O queue counts the requests submitted to it, on
-/// cache lines that only its CPUs write; the controller counts the rest. The file shows the sums.
-struct Stats {
+/// Adds `value` to a counter of the statistics file.
+fn add_to(counter: &Atomic<u64>, value: u64) {
+    // No atomic operation for nothing.
+    if value != 0 {
+        counter.fetch_add(value, Relaxed);
+    }
+}
+
+/// The requests of an I/O queue, counted on cache lines that only the queue's CPUs write; the
+/// statistics file shows the sums of all queues.
+struct RequestStats {
     requests: Atomic<u64>,
     read_bytes: Atomic<u64>,
     write_bytes: Atomic<u64>,
@@ -641,14 +649,9 @@ struct Stats {
     prp_list_pages: Atomic<u64>,
     sgl_data_blocks: Atomic<u64>,
     sgl_segments: Atomic<u64>,
-    failed_requests: Atomic<u64>,
-    timeouts: Atomic<u64>,
-    aborts: Atomic<u64>,
-    resets: Atomic<u64>,
-    losses: Atomic<u64>,
 }
 
-impl Default for Stats {
+impl Default for RequestStats {
     fn default() -> Self {
         Self {
             requests: Atomic::new(0),
@@ -664,25 +667,13 @@ impl Default for Stats {
             prp_list_pages: Atomic::new(0),
             sgl_data_blocks: Atomic::new(0),
             sgl_segments: Atomic::new(0),
-            failed_requests: Atomic::new(0),
-            timeouts: Atomic::new(0),
-            aborts: Atomic::new(0),
-            resets: Atomic::new(0),
-            losses: Atomic::new(0),
         }
     }
 }
 
-impl Stats {
-    fn add(counter: &Atomic<u64>, value: u64) {
-        // No atomic operation for nothing.
-        if value != 0 {
-            counter.fetch_add(value, Relaxed);
-        }
-    }
-
+impl RequestStats {
     /// Returns the counters with their names, in the order of the file.
-    fn counters(&self) -> [(&'static str, &Atomic<u64>); 21] {
+    fn counters(&self) -> [(&'static str, &Atomic<u64>); 16] {
         [
             ("requests", &self.requests),
             ("read_bytes", &self.read_bytes),
@@ -700,6 +691,35 @@ impl Stats {
             ("prp_list_pages", &self.prp_list_pages),
             ("sgl_data_blocks", &self.sgl_data_blocks),
             ("sgl_segments", &self.sgl_segments),
+        ]
+    }
+}
+
+/// What happened to a controller, for the statistics file.
+struct ControllerStats {
+    failed_requests: Atomic<u64>,
+    timeouts: Atomic<u64>,
+    aborts: Atomic<u64>,
+    resets: Atomic<u64>,
+    losses: Atomic<u64>,
+}
+
+impl Default for ControllerStats {
+    fn default() -> Self {
+        Self {
+            failed_requests: Atomic::new(0),
+            timeouts: Atomic::new(0),
+            aborts: Atomic::new(0),
+            resets: Atomic::new(0),
+            losses: Atomic::new(0),
+        }
+    }
+}
+
+impl ControllerStats {
+    /// Returns the counters with their names, in the order of the file.
+    fn counters(&self) -> [(&'static str, &Atomic<u64>); 5] {
+        [
             ("failed_requests", &self.failed_requests),
             ("timeouts", &self.timeouts),
             ("aborts", &self.aborts),
@@ -715,10 +735,9 @@ struct StatsFile(Arc<Controller>);
 impl fmt::Debug for StatsFile {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let controller = &self.0;
-        let mut sums = controller
-            .stats
+        let mut sums = RequestStats::default()
             .counters()
-            .map(|(name, counter)| (name, counter.load(Relaxed)));
+            .map(|(name, _)| (name, 0));
         for queue in &controller.io {
             for ((_, sum), (_, counter)) in sums.iter_mut().zip(queue.stats.counters()) {
                 *sum += counter.load(Relaxed);
@@ -726,6 +745,9 @@ impl fmt::Debug for StatsFile {
         }
         for (name, sum) in sums {
             writeln!(f, "{name} {sum}")?;
+        }
+        for (name, counter) in controller.stats.counters() {
+            writeln!(f, "{name} {}", counter.load(Relaxed))?;
         }
         match controller.shadow() {
             Some(shadow) => writeln!(
@@ -799,7 +821,7 @@ struct Controller {
     /// Serializes resets.
     #[pin]
     reset: Mutex<()>,
-    stats: Stats,
+    stats: ControllerStats,
 }
 
 impl Controller {
@@ -869,7 +891,7 @@ impl Controller {
             }
             state.status.store(completion.status, Relaxed);
             if completion.status != 0 {
-                Stats::add(&self.stats.failed_requests, 1);
+                add_to(&self.stats.failed_requests, 1);
                 mq::Request::complete(rq);
                 return;
             }
@@ -892,7 +914,7 @@ impl Controller {
             let state = rq.data();
             // Whoever clears `in_flight` ends the request: here, not the completion path.
             if state.in_flight.xchg(false, Full) {
-                Stats::add(&self.stats.failed_requests, 1);
+                add_to(&self.stats.failed_requests, 1);
                 state.status.store(STATUS_CANCELLED, Relaxed);
                 mq::Request::complete(ARef::from(rq));
             }
@@ -914,7 +936,7 @@ impl Controller {
         let result =
             self.admin
                 .execute(Command::admin(ADMIN_ABORT, 0, sqid | rq.tag() << 16, 0))?;
-        Stats::add(&self.stats.aborts, 1);
+        add_to(&self.stats.aborts, 1);
         // Bit 0 of dword 0 clear: the command was aborted.
         if result & 1 == 0 {
             Ok(())
@@ -930,7 +952,7 @@ impl Controller {
         if self.health() != Health::Live {
             return;
         }
-        Stats::add(&self.stats.resets, 1);
+        add_to(&self.stats.resets, 1);
         self.set_health(Health::Resetting);
         dev_warn!(self.pdev, "resetting the controller\n");
         self.drain_submissions();
@@ -950,7 +972,7 @@ impl Controller {
     /// Declares the controller lost: stops its DMA, then fails what it had.
     fn lose(&self) {
         if self.health.xchg(Health::Lost as u32, Full) != Health::Lost as u32 {
-            Stats::add(&self.stats.losses, 1);
+            add_to(&self.stats.losses, 1);
         }
         self.drain_submissions();
         if let Ok(bar) = self.bar() {
@@ -1005,7 +1027,7 @@ impl Controller {
         command: &mut Command,
         lists_addr: u64,
         lists: &mut [u64],
-        stats: &Stats,
+        stats: &RequestStats,
     ) -> Result {
         let ranges = mapping.dma_ranges();
         let size = mapping.size();
@@ -1052,8 +1074,8 @@ impl Controller {
                     }
                 };
                 command.set_pointer(first.dma_addr(), prp2);
-                Stats::add(&stats.prp_entries, u64::from_safe_cast(count));
-                Stats::add(&stats.prp_list_pages, u64::from_safe_cast(list_pages));
+                add_to(&stats.prp_entries, u64::from_safe_cast(count));
+                add_to(&stats.prp_list_pages, u64::from_safe_cast(list_pages));
             }
             Some(dword_aligned) => {
                 let limits = segment_limits(self.device(), CTRL_PAGE)?;
@@ -1073,8 +1095,8 @@ impl Controller {
                     command.set_sgl(segment_descriptor(lists_addr, count)?);
                     pages
                 };
-                Stats::add(&stats.sgl_data_blocks, u64::from_safe_cast(count));
-                Stats::add(&stats.sgl_segments, u64::from_safe_cast(list_pages));
+                add_to(&stats.sgl_data_blocks, u64::from_safe_cast(count));
+                add_to(&stats.sgl_segments, u64::from_safe_cast(list_pages));
             }
         }
         Ok(())
@@ -1112,13 +1134,13 @@ impl Controller {
             DmaPath::Direct => 2,
             DmaPath::Bounce => 3,
         };
-        Stats::add(&stats.mappings[path], 1);
-        Stats::add(
+        add_to(&stats.mappings[path], 1);
+        add_to(
             &stats.dma_ranges,
             u64::from_safe_cast(mapping.dma_ranges().len()),
         );
         // `DmaMapping` syncs the IOTLB once per IOVA mapping, after linking all of it.
-        Stats::add(&stats.iotlb_syncs, u64::from(path == 0));
+        add_to(&stats.iotlb_syncs, u64::from(path == 0));
         Ok((command, mapping))
     }
 
@@ -1145,16 +1167,16 @@ impl Controller {
         let (command, mapping) = match rq.command() {
             BlockCommand::Read => {
                 let (command, mapping) = self.map_request(queue, &rq, IO_READ)?;
-                Stats::add(&stats.read_bytes, u64::from(rq.bytes()));
+                add_to(&stats.read_bytes, u64::from(rq.bytes()));
                 (command, Some(mapping))
             }
             BlockCommand::Write => {
                 let (command, mapping) = self.map_request(queue, &rq, IO_WRITE)?;
-                Stats::add(&stats.write_bytes, u64::from(rq.bytes()));
+                add_to(&stats.write_bytes, u64::from(rq.bytes()));
                 (command, Some(mapping))
             }
             BlockCommand::Flush => {
-                Stats::add(&stats.flushes, 1);
+                add_to(&stats.flushes, 1);
                 (Command::new(IO_FLUSH, NAMESPACE), None)
             }
             BlockCommand::Discard if self.identity.discard => {
@@ -1168,7 +1190,7 @@ impl Controller {
                 let mut command =
                     Command::admin(IO_DATASET_MANAGEMENT, lists_addr, 0, DSM_DEALLOCATE);
                 command.0[1] = NAMESPACE;
-                Stats::add(&stats.discards, 1);
+                add_to(&stats.discards, 1);
                 (command, None)
             }
             BlockCommand::WriteZeroes if self.identity.write_zeroes => {
@@ -1178,12 +1200,12 @@ impl Controller {
                 if !rq.is_no_unmap() && self.identity.deallocated_reads_zeroes {
                     command.0[12] |= WRITE_ZEROES_DEALLOCATE;
                 }
-                Stats::add(&stats.write_zeroes, 1);
+                add_to(&stats.write_zeroes, 1);
                 (command, None)
             }
             _ => return Err(EOPNOTSUPP),
         };
-        Stats::add(&stats.requests, 1);
+        add_to(&stats.requests, 1);
 
         let bar = self.bar()?;
         let state = rq.data();
@@ -1542,7 +1564,7 @@ impl Operations for NvmeQueues {
     ) -> Result {
         controller.queue_request(&queue, rq).inspect_err(|&e| {
             if e != RETRY_LATER {
-                Stats::add(&controller.stats.failed_requests, 1);
+                add_to(&controller.stats.failed_requests, 1);
             }
         })
     }
@@ -1570,7 +1592,7 @@ impl Operations for NvmeQueues {
     fn timeout(controller: ArcBorrow<'_, Controller>, rq: &mq::Request<Self>) -> TimeoutAction {
         let state = rq.data();
         let index = state.queue.load(Relaxed);
-        Stats::add(&controller.stats.timeouts, 1);
+        add_to(&controller.stats.timeouts, 1);
         match controller.health() {
             Health::Resetting => return TimeoutAction::ResetTimer,
             // Bus mastering is off: what the controller had was failed, or is failed now.
@@ -1893,7 +1915,7 @@ impl NvmeDriver {
                     index,
                     pair <- QueuePair::new(dev, id, io_entries, stride, queue_shadow)?,
                     lists: Coherent::zeroed_slice(dev, list_words, GFP_KERNEL)?,
-                    stats: Stats::default(),
+                    stats: RequestStats::default(),
                 }? Error),
                 GFP_KERNEL,
             )?;
@@ -1914,7 +1936,7 @@ impl NvmeDriver {
                 identity,
                 health: Atomic::new(Health::Live as u32),
                 reset <- new_mutex!(()),
-                stats: Stats::default(),
+                stats: ControllerStats::default(),
             }? Error),
             GFP_KERNEL,
         )?;

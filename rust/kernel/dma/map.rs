@@ -448,8 +448,12 @@ impl<'a> Mapped<'a> {
             if unsafe {
                 bindings::dma_iova_try_alloc(dev.as_raw(), &mut state, first.paddr(), size)
             } {
-                let single = inner.is_none();
-                let linked = link_all(dev, memory, first, single, state, size, direction, attrs)?;
+                // A single range, or ranges stored as a `struct phys_vec` array, are linked
+                // in one call, without walking the memory again.
+                let whole = memory
+                    .as_phys_vecs()
+                    .or(inner.is_none().then_some(slice::from_ref(&first)));
+                let linked = link_all(dev, memory, whole, state, size, direction, attrs)?;
                 // INVARIANT: all of the memory is linked into `linked`, of `size` bytes.
                 return Ok(Self {
                     dev,
@@ -701,18 +705,15 @@ impl Drop for Mapped<'_> {
 /// Ranges linked per call of `dma_iova_link_phys_vec()`, gathered on the stack (512 bytes).
 const LINK_BATCH: usize = 32;
 
-/// Links every range of `memory`, whose first range is `first` (its only one if `single`), into
-/// `state`, a fresh allocation of `size` bytes for `dev`, all in one call if the memory keeps its
-/// ranges in one slice or has only one, [`LINK_BATCH`] decoded ranges per call otherwise (one IO
-/// page table walk per call where the IOMMU driver uses the generic page table), and makes them
-/// usable by the device with one `dma_iova_sync()`. On error, undoes the links and frees the
-/// allocation.
-#[expect(clippy::too_many_arguments)]
+/// Links every range of `memory` into `state`, a fresh allocation of `size` bytes for `dev`: in
+/// one call if the caller has them all in `whole`, [`LINK_BATCH`] decoded ranges per call
+/// otherwise (one IO page table walk per call where the IOMMU driver uses the generic page table),
+/// and makes them usable by the device with one `dma_iova_sync()`. On error, undoes the links and
+/// frees the allocation.
 fn link_all<S: DmaMemory>(
     dev: &Device<Bound>,
     memory: &S,
-    first: Phyr,
-    single: bool,
+    whole: Option<&[Phyr]>,
     mut state: bindings::dma_iova_state,
     size: usize,
     direction: DataDirection,
@@ -739,30 +740,22 @@ fn link_all<S: DmaMemory>(
     };
     let mut offset = 0;
     let mut result = Ok(());
-    // Stored as a `struct phys_vec` array, or a single range (most requests): one call, and no
-    // walk of the ranges again.
-    let all = memory
-        .as_phys_vecs()
-        .or(single.then_some(slice::from_ref(&first)));
-    if let Some(all) = all {
+    if let Some(all) = whole {
         result = link(&mut state, all, 0);
         if result.is_ok() {
             offset = size;
         }
     } else {
         let mut ranges = memory.ranges();
-        // Every slot a call passes is filled from `ranges` first.
-        let mut batch = [first; LINK_BATCH];
-        loop {
-            let (mut count, mut bytes) = (0, 0);
+        while let Some(first) = ranges.next() {
+            // Every slot a call passes is filled from `ranges`.
+            let mut batch = [first; LINK_BATCH];
+            let (mut count, mut bytes) = (1, first.size());
             // `zip` takes a slot before a range: no range is lost when the batch is full.
-            for (slot, range) in batch.iter_mut().zip(&mut ranges) {
+            for (slot, range) in batch[1..].iter_mut().zip(&mut ranges) {
                 *slot = range;
                 count += 1;
                 bytes += range.size();
-            }
-            if count == 0 {
-                break;
             }
             result = link(&mut state, &batch[..count], offset);
             if result.is_err() {
