@@ -84,7 +84,9 @@ fi
 # BENCH_KERNEL=1 switches make bench to the benchmark guest kernel: the same
 # fragments without lock, atomic-sleep and DMA-API debugging (their checks
 # tax every lock and mapping, more so the driver that takes more locks), in
-# its own object directory and with its own initramfs.
+# its own object directory and with its own initramfs. It also inlines the C
+# helpers that Rust calls for what C inlines (atomics, MMIO accessors, locks),
+# as the C driver has them: RUST_INLINE_HELPERS, which needs EXPERT.
 KCONFIG_ADD=()
 INITRAMFS=$OUT/initramfs
 if [ "${BENCH_KERNEL:-0}" = 1 ]; then
@@ -93,6 +95,7 @@ if [ "${BENCH_KERNEL:-0}" = 1 ]; then
 	for option in PROVE_LOCKING DEBUG_ATOMIC_SLEEP DMA_API_DEBUG DMA_API_DEBUG_KUNIT_TEST; do
 		KCONFIG_ADD+=("--kconfig_add=# CONFIG_$option is not set")
 	done
+	KCONFIG_ADD+=("--kconfig_add=CONFIG_EXPERT=y" "--kconfig_add=CONFIG_RUST_INLINE_HELPERS=y")
 fi
 
 # kunit.py with the committed config fragments and the toolchain above.
